@@ -1,0 +1,102 @@
+"""Checkpoints of SegMoTE's trainable part: never SAM itself, always the backbone identity and options.
+
+Format (a plain dict, read back with ``torch.load(weights_only=True)``)::
+
+    {"format": "segmote-monai-trainable", "version": 1,
+     "backbone": {"name": ..., "weights_sha256": ...}, "config": SegMoTE.config(),
+     "state_dict": {name: tensor}}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from segmote_monai.errors import CheckpointMismatchError, InputFileError
+from segmote_monai.networks.segmote import SegMoTE
+from segmote_monai.networks.weights_file import load_weights_file
+
+__all__ = ["load_trainable", "save_trainable", "trainable_state_dict"]
+
+FORMAT = "segmote-monai-trainable"
+VERSION = 1
+_FROZEN_PREFIXES = ("image_encoder.", "prompt_encoder.")
+_SAM_DECODER_PREFIX = "decoder.mask_decoder."
+
+
+def trainable_state_dict(model: SegMoTE) -> dict[str, torch.Tensor]:
+    """The entries of ``model.state_dict()`` that training changes (SAM's decoder only when unfrozen)."""
+    frozen = _FROZEN_PREFIXES if model.train_decoder else (*_FROZEN_PREFIXES, _SAM_DECODER_PREFIX)
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)}
+
+
+def save_trainable(model: SegMoTE, path: str | os.PathLike, *, half: bool = False) -> Path:
+    """Writes the trainable part of ``model`` to ``path`` atomically (temporary file, then rename).
+
+    ``half`` stores floating-point tensors as float16 (half the size; loading casts back).
+    """
+    path = Path(path)
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in trainable_state_dict(model).items()
+    }
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "backbone": {"name": model.backbone_name, "weights_sha256": model.backbone_sha256},
+        "config": model.config(),
+        "state_dict": state,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_trainable(path: str | os.PathLike) -> dict:
+    """Reads and validates the envelope of a trainable checkpoint (no code is executed)."""
+    path = Path(path)
+    payload = load_weights_file(path, what="SegMoTE checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputFileError(path, f"not a SegMoTE trainable checkpoint (expected format '{FORMAT}')")
+    if payload.get("version") != VERSION:
+        raise InputFileError(path, f"checkpoint version {payload.get('version')}, this package reads {VERSION}")
+    return payload
+
+
+def load_trainable(model: SegMoTE, path: str | os.PathLike) -> SegMoTE:
+    """Loads a checkpoint written by :func:`save_trainable` into ``model``.
+
+    Raises :class:`CheckpointMismatchError` when it was trained on another backbone (name or weights) or
+    with other options, and names what differs.
+    """
+    payload = read_trainable(path)
+    saved = payload["backbone"]
+    if (saved["name"], saved["weights_sha256"]) != (model.backbone_name, model.backbone_sha256):
+        raise CheckpointMismatchError(
+            path,
+            f"trained on backbone {saved['name']} (weights sha256 {saved['weights_sha256'][:12]}), "
+            f"this model uses {model.backbone_name} (weights sha256 {model.backbone_sha256[:12]})",
+        )
+    config = model.config()
+    diffs = [f"{k}={payload['config'].get(k)!r} in the file, {v!r} here"
+             for k, v in config.items() if payload["config"].get(k) != v]
+    if diffs:
+        raise CheckpointMismatchError(path, "configuration differs: " + "; ".join(diffs))
+    expected = trainable_state_dict(model)
+    state = payload["state_dict"]
+    if set(state) != set(expected):
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise CheckpointMismatchError(path, f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False)
+    return model

@@ -1,0 +1,95 @@
+"""Progressive Prompt Tokenization (PPT): prompt tokens learned from the image, for binary tasks."""
+
+from __future__ import annotations
+
+import torch
+from segment_anything.modeling.common import MLPBlock
+from torch import nn
+
+__all__ = ["ProgressivePromptTokenizer"]
+
+
+class ProgressivePromptTokenizer(nn.Module):
+    """Q learned queries attend to the normalised image tokens and become Q prompt tokens.
+
+    ``a = MHA(q + c, LN(F) + PE, LN(F))``, ``h = q + c + a``, ``tokens = h + MLP(LN(h))``, where ``c`` is
+    an optional foreground carrier per prompt (a pooled mask-prompt embedding or a learned class
+    embedding). The model adds carriers with probability :attr:`carrier_probability`, which a trainer
+    handler lowers to 0 over training, so that at inference PPT needs nothing but the image.
+    """
+
+    def __init__(
+        self,
+        *,
+        embedding_dim: int,
+        num_queries: int = 2,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        num_carrier_classes: int = 1,
+    ) -> None:
+        super().__init__()
+        for arg, value in (("embedding_dim", embedding_dim), ("num_queries", num_queries),
+                           ("num_heads", num_heads), ("mlp_dim", mlp_dim),
+                           ("num_carrier_classes", num_carrier_classes)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{arg} must be >= 1, got {value}")
+        if embedding_dim % num_heads:
+            raise ValueError(f"num_heads must divide embedding_dim={embedding_dim}, got {num_heads}")
+        self.num_queries = num_queries
+        self.queries = nn.Embedding(num_queries, embedding_dim)
+        self.class_embedding = nn.Embedding(num_carrier_classes, embedding_dim)
+        self.norm_image = nn.LayerNorm(embedding_dim)
+        self.attention = nn.MultiheadAttention(embedding_dim, num_heads, batch_first=True)
+        self.norm_tokens = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim)
+        self._carrier_probability = 0.0
+
+    @property
+    def num_carrier_classes(self) -> int:
+        return self.class_embedding.num_embeddings
+
+    @property
+    def carrier_probability(self) -> float:
+        """p: the chance, per prompt in training, that a carrier is added to the queries."""
+        return self._carrier_probability
+
+    @carrier_probability.setter
+    def carrier_probability(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"carrier_probability must be in [0, 1], got {value}")
+        self._carrier_probability = float(value)
+
+    def text_carrier(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """[N] class ids -> [N, D] learned class embeddings."""
+        n = self.num_carrier_classes
+        if class_ids.numel() and (int(class_ids.min()) < 0 or int(class_ids.max()) >= n):
+            raise ValueError(
+                f"carrier class ids must be in [0, {n - 1}] (num_carrier_classes={n}), "
+                f"got [{int(class_ids.min())}, {int(class_ids.max())}]"
+            )
+        return self.class_embedding(class_ids.long())
+
+    def forward(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, carriers: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Prompt tokens for each row.
+
+        Args:
+            image_embeddings: [N, D, h, w], one row per prompt.
+            image_pe: [1, D, h, w] dense positional encoding.
+            carriers: [N, D] or None; zero rows add nothing.
+
+        Returns:
+            [N, Q, D] PPT tokens.
+        """
+        n = image_embeddings.shape[0]
+        image_tokens = self.norm_image(image_embeddings.flatten(2).transpose(1, 2))
+        keys = image_tokens + image_pe.flatten(2).transpose(1, 2)
+        queries = self.queries.weight.unsqueeze(0).expand(n, -1, -1)
+        if carriers is not None:
+            queries = queries + carriers.unsqueeze(1).to(queries.dtype)
+        attended, _ = self.attention(queries, keys, image_tokens, need_weights=False)
+        hidden = queries + attended
+        return hidden + self.mlp(self.norm_tokens(hidden))

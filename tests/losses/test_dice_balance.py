@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from segmote_monai.losses import DiceBalanceLoss, load_balance_loss
+from tests.conftest import tiny_segmote
+
+
+def _output():
+    model = tiny_segmote().train()
+    return model.predict(images=torch.rand(2, 3, 64, 64), boxes=torch.tensor([[4.0, 4, 40, 40], [8, 8, 60, 60]]))
+
+
+def test_is_dice_plus_weighted_balance():
+    out = _output()
+    labels = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    expected = DiceLoss(sigmoid=True)(out.masks, labels) + 0.01 * load_balance_loss(out.routing)
+    torch.testing.assert_close(DiceBalanceLoss()(out, labels), expected)
+    torch.testing.assert_close(DiceBalanceLoss()(out.masks, labels, out.routing), expected)
+    torch.testing.assert_close(DiceBalanceLoss(lambda_balance=0)(out, labels), DiceLoss(sigmoid=True)(out.masks, labels))
+
+
+def test_perfect_prediction_without_routing_is_near_zero():
+    labels = torch.zeros(2, 1, 8, 8)
+    labels[:, :, 2:6, 2:6] = 1
+    logits = (labels * 2 - 1) * 50
+    assert DiceBalanceLoss()(logits, labels).item() < 1e-4
+
+
+def test_dice_options_pass_through():
+    loss = DiceBalanceLoss(squared_pred=True, smooth_nr=0.0)
+    assert loss.dice.squared_pred and loss.dice.smooth_nr == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"lambda_balance": -0.1}, ValueError, "lambda_balance must be >= 0, got -0.1"),
+        ({"lambda_balance": "0.01"}, TypeError, "lambda_balance must be a number, got str"),
+        ({"load": "hard"}, ValueError, r"load must be one of \['indicator', 'smooth'\], got 'hard'"),
+    ],
+)
+def test_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        DiceBalanceLoss(**kwargs)
+
+
+def test_bad_calls():
+    out = _output()
+    with pytest.raises(ValueError, match=r"mask logits \[2, 1, 64, 64\] and labels \[2, 1, 32, 32\] must match"):
+        DiceBalanceLoss()(out, torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="routing is taken from the SegMoTEOutput"):
+        DiceBalanceLoss()(out, torch.zeros(2, 1, 64, 64), out.routing)

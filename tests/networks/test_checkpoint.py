@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segmote_monai.errors import CheckpointMismatchError, InputFileError
+from segmote_monai.networks import build_segmote, load_trainable, save_trainable, trainable_state_dict
+from tests.conftest import TINY_WIDTHS, tiny_segmote
+
+IMAGES = torch.rand(2, 3, 64, 64)
+BOXES = torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 8.0, 60.0, 50.0]])
+
+
+def _trained(**options):
+    model = tiny_segmote(**options)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_round_trip_reproduces_outputs_exactly(tmp_path):
+    model = _trained()
+    path = save_trainable(model, tmp_path / "segmote.pt")
+    fresh = tiny_segmote().eval()
+    assert not torch.equal(fresh.predict(images=IMAGES, boxes=BOXES).masks, model.predict(images=IMAGES, boxes=BOXES).masks)
+    load_trainable(fresh, path)
+    assert torch.equal(fresh.predict(images=IMAGES, boxes=BOXES).masks, model.predict(images=IMAGES, boxes=BOXES).masks)
+    assert torch.equal(fresh(IMAGES), model(IMAGES))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_holds_only_the_trainable_part_and_is_weights_only(tmp_path):
+    model = _trained()
+    path = save_trainable(model, tmp_path / "segmote.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["backbone"] == {"name": "tiny", "weights_sha256": model.backbone_sha256}
+    assert payload["config"] == model.config()
+    keys = set(payload["state_dict"])
+    assert keys == set(trainable_state_dict(model))
+    assert not any(k.startswith(("image_encoder.", "prompt_encoder.", "decoder.mask_decoder.")) for k in keys)
+    assert any(k.startswith("decoder.mote_blocks.") for k in keys) and any(k.startswith("ppt.") for k in keys)
+    assert "decoder.hypernetwork.layers.0.weight" in keys and "decoder.expert_tokens.weight" in keys
+
+
+def test_unfrozen_decoder_is_saved_too(tmp_path):
+    model = _trained(train_decoder=True)
+    keys = set(torch.load(save_trainable(model, tmp_path / "c.pt"), weights_only=True)["state_dict"])
+    assert "decoder.mask_decoder.iou_token.weight" in keys
+
+
+def test_half_storage(tmp_path):
+    model = _trained()
+    path = save_trainable(model, tmp_path / "half.pt", half=True)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    fresh = load_trainable(tiny_segmote().eval(), path)
+    torch.testing.assert_close(fresh(IMAGES), model(IMAGES), rtol=1e-2, atol=1e-2)
+
+
+def test_other_configuration_is_refused(tmp_path):
+    path = save_trainable(_trained(), tmp_path / "segmote.pt")
+    with pytest.raises(CheckpointMismatchError, match=rf"^{path}: configuration differs: num_experts=4 in the file, 8 here"):
+        load_trainable(tiny_segmote(num_experts=8), path)
+    with pytest.raises(CheckpointMismatchError, match="combine='topk' in the file, 'top1' here"):
+        load_trainable(tiny_segmote(combine="top1"), path)
+
+
+def test_other_backbone_is_refused(tmp_path):
+    path = save_trainable(_trained(), tmp_path / "segmote.pt")
+    other = build_segmote("lite_medsam", random_weights=True, **TINY_WIDTHS)
+    with pytest.raises(CheckpointMismatchError, match=rf"^{path}: trained on backbone tiny .* this model uses lite_medsam"):
+        load_trainable(other, path)
+
+
+def test_same_name_other_weights_is_refused(tmp_path):
+    model = _trained()
+    path = save_trainable(model, tmp_path / "segmote.pt")
+    model.backbone_sha256 = "0" * 64
+    with pytest.raises(CheckpointMismatchError, match=r"weights sha256 000000000000\)$"):
+        load_trainable(model, path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello")
+    with pytest.raises(InputFileError, match=rf"^{path}: not a readable SegMoTE checkpoint"):
+        load_trainable(tiny_segmote(), path)
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(InputFileError, match=rf"^{path}: not a SegMoTE trainable checkpoint"):
+        load_trainable(tiny_segmote(), path)
+    with pytest.raises(FileNotFoundError, match="missing.pt: SegMoTE checkpoint not found"):
+        load_trainable(tiny_segmote(), tmp_path / "missing.pt")
+
+
+def test_build_segmote_loads_a_checkpoint(tmp_path):
+    model = _trained()
+    path = save_trainable(model, tmp_path / "segmote.pt")
+    rebuilt = build_segmote("tiny", trainable_checkpoint=path, **TINY_WIDTHS).eval()
+    assert torch.equal(rebuilt(IMAGES), model(IMAGES))
