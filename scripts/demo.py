@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from monai.transforms import ScaleIntensityRangePercentiles
 
+from segmote_monai.atomic import atomic_path
 from segmote_monai.losses import DiceBalanceLoss
 from segmote_monai.networks import build_segmote, save_trainable
 
@@ -93,15 +92,8 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, classes: list[int]) -> d
 def save_nifti_atomic(array: np.ndarray, like: nib.Nifti1Image, path: Path) -> None:
     image = nib.Nifti1Image(array.astype(np.uint8), like.affine, like.header)
     image.set_data_dtype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:

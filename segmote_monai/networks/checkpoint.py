@@ -10,11 +10,11 @@ Format (a plain dict, read back with ``torch.load(weights_only=True)``)::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from segmote_monai.atomic import atomic_path
 from segmote_monai.errors import CheckpointMismatchError, InputFileError
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.networks.weights_file import load_weights_file
@@ -50,15 +50,8 @@ def save_trainable(model: SegMoTE, path: str | os.PathLike, *, half: bool = Fals
         "config": model.config(),
         "state_dict": state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
