@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         misses = cache.misses
         warm, _ = epoch(cache)
         hits = cache.hits
-        cache_mb = cache.size_bytes() / 2**20
+        cache_mb, entries = cache.size_bytes() / 2**20, len(cache.entries())
 
     command = "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute()
                                      else sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, seconds in (("no cache", no_cache), (f"cold cache ({misses} misses, written)", cold),
                           (f"warm cache ({hits} hits)", warm)):
         print(f"| {name} | {seconds:.1f} | {seconds / samples:.3f} |")
-    print(f"\nSpeed-up, no cache / warm cache: **{no_cache / warm:.1f}x**; cache size {cache_mb:.0f} MiB "
-          f"(float16, {cache_mb / max(1, misses):.2f} MiB per slice).")
+    print(f"\nSpeed-up, no cache / warm cache: **{no_cache / warm:.1f}x**; cache: {entries} distinct slices, "
+          f"{cache_mb:.0f} MiB (float16, {cache_mb / max(1, entries):.2f} MiB each).")
 
 
 if __name__ == "__main__":

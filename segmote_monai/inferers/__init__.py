@@ -1,0 +1,3 @@
+from segmote_monai.inferers.slices import SlicePrompts, SliceSegmenter, prompts_from_label
+
+__all__ = ["SlicePrompts", "SliceSegmenter", "prompts_from_label"]

@@ -1,0 +1,123 @@
+"""Prompted slice-by-slice segmentation of a volume or a 2D image into a label map on its own grid.
+
+Input: an image as :class:`~segmote_monai.transforms.LoadPaird` and ``ScaleIntensityByModalityd`` give it
+(oriented for slicing, intensities in [0, 1]) and, per slice, the prompts (boxes in that slice's pixels, one
+class id each) or none for prompt-free (PPT) use. Slices are pre-processed (RGB, longest-side resize + pad,
+backbone normalisation), embedded (through the cache when given), decoded in batches, and the mask logits
+resized back to the slice. Where masks overlap, the class with the highest logit above 0 wins. Memory grows
+with the batch, not with the number of slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from segmote_monai.data.cache import EmbeddingCache
+from segmote_monai.data.slicing import slices_to_volume, volume_to_slices
+from segmote_monai.networks.segmote import SegMoTE
+from segmote_monai.transforms.array import (
+    LabelToPrompts,
+    ResizeLongestSidePad,
+    ToRGB,
+    backbone_normalization,
+    scale_boxes,
+)
+
+__all__ = ["SlicePrompts", "SliceSegmenter", "prompts_from_label"]
+
+#: Per slice: (boxes [K, 4] in the slice's pixels, class ids [K]); empty K for no prompt on that slice.
+SlicePrompts = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+class SliceSegmenter:
+    """Segments every slice of an image with SegMoTE and reassembles a label map on the oriented grid.
+
+    Args:
+        model: a :class:`SegMoTE` (put in eval mode here).
+        backbone: the backbone's name, for its normalisation.
+        batch_size: slices per encoder/decoder batch.
+        cache: optional :class:`EmbeddingCache` for the frozen encoder's output.
+    """
+
+    def __init__(self, model: SegMoTE, *, backbone: str, batch_size: int = 8,
+                 cache: EmbeddingCache | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.size = model.img_size
+        self.to_rgb = ToRGB()
+        self.resize = ResizeLongestSidePad(self.size, mode="bilinear")
+        self.normalize = backbone_normalization(backbone)
+        self.batch_size = batch_size
+        self.cache = cache
+
+    def preprocess(self, image_slice: torch.Tensor) -> torch.Tensor:
+        """[C, H, W] in [0, 1] -> [3, S, S] network input."""
+        return torch.as_tensor(self.normalize(self.resize(self.to_rgb(image_slice))), dtype=torch.float32)
+
+    def _embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.decoder.parameters()).device
+        if self.cache is None:
+            return self.model.embed_images(inputs.to(device))
+        return self.cache.embed(inputs, lambda x: self.model.embed_images(x.to(device))).to(device)
+
+    def _unresize(self, logits: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+        """[N, 1, S, S] logits -> [N, 1, H, W]: crop the padding, resize back (as MONAI's Resize rounds)."""
+        scale = self.size / max(hw)
+        valid = [round(d * scale) for d in hw]
+        return F.interpolate(logits[..., : valid[0], : valid[1]], size=tuple(hw), mode="bilinear",
+                             align_corners=False)
+
+    def _batches(self, count: int, prompts: SlicePrompts | None) -> Iterable[list[int]]:
+        todo = [i for i in range(count) if prompts is None or len(prompts[i][0])]
+        for start in range(0, len(todo), self.batch_size):
+            yield todo[start: start + self.batch_size]
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, prompts: SlicePrompts | None = None, *,
+                 prompt_free_class: int = 1) -> torch.Tensor:
+        """Label map [1, ...] (int64) on ``image``'s grid.
+
+        Args:
+            image: [C, H, W, S] oriented volume or [C, H, W] 2D image, intensities in [0, 1].
+            prompts: per slice ``(boxes, class_ids)``; None for prompt-free (PPT) segmentation, where the
+                foreground gets ``prompt_free_class``.
+        """
+        self.model.eval()
+        slices = volume_to_slices(torch.as_tensor(image))
+        if prompts is not None and len(prompts) != len(slices):
+            raise ValueError(f"prompts for {len(prompts)} slices, the image has {len(slices)}")
+        hw = tuple(slices.shape[-2:])
+        labels = torch.zeros(len(slices), 1, *hw, dtype=torch.long)
+        for batch in self._batches(len(slices), prompts):
+            embeddings = self._embed(torch.stack([self.preprocess(slices[i]) for i in batch]))
+            if prompts is None:
+                logits = self._unresize(self.model.predict(image_embeddings=embeddings).masks.cpu(), hw)
+                labels[batch] = (logits > 0).long() * prompt_free_class
+                continue
+            boxes = torch.cat([scale_boxes(prompts[i][0], hw, self.size) for i in batch])
+            classes = torch.cat([torch.as_tensor(prompts[i][1]).long() for i in batch])
+            index = torch.cat([torch.full((len(prompts[i][0]),), j) for j, i in enumerate(batch)])
+            out = self.model.predict(image_embeddings=embeddings, boxes=boxes.to(embeddings.device),
+                                     image_index=index.to(embeddings.device))
+            logits = self._unresize(out.masks.cpu(), hw)[:, 0]  # [N, H, W]
+            for j, i in enumerate(batch):
+                rows = index == j
+                best, winner = logits[rows].max(dim=0)
+                labels[i, 0] = torch.where(best > 0, classes[rows][winner], 0)
+        return slices_to_volume(labels, is_2d=image.ndim == 3)
+
+
+def prompts_from_label(label: torch.Tensor, classes: Sequence[int], *, jitter: float = 0.0,
+                       seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per slice of a [1, H, W, S] (or [1, H, W]) label map: one box per present class, tight or with each
+    side moved by up to ``jitter`` x the box size (seeded), as :class:`SliceSegmenter` takes them."""
+    make = LabelToPrompts(classes, jitter=jitter).set_random_state(seed)
+    out = []
+    for label_slice in volume_to_slices(torch.as_tensor(label)):
+        prompts = make(label_slice)
+        out.append((prompts["boxes"], prompts["class_ids"]))
+    return out

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from segmote_monai.data.cache import EmbeddingCache
+from segmote_monai.inferers import SliceSegmenter, prompts_from_label
+from tests.conftest import tiny_segmote
+
+
+class BoxPainter(torch.nn.Module):
+    """A stand-in SegMoTE: each prompt's mask logit is (1 + its row) inside its box, -1 outside."""
+
+    img_size = 64
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = torch.nn.Linear(1, 1)
+        self.calls = 0
+
+    def embed_images(self, images):
+        self.calls += len(images)
+        return images[:, :1]
+
+    def predict(self, *, image_embeddings, boxes=None, image_index=None):
+        if boxes is None:
+            return SimpleNamespace(masks=torch.where(image_embeddings > 0.5, 1.0, -1.0))
+        masks = -torch.ones(len(boxes), 1, 64, 64)
+        for row, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+            masks[row, 0, y0:y1 + 1, x0:x1 + 1] = 1.0 + row
+        return SimpleNamespace(masks=masks)
+
+
+def _label_volume():
+    label = torch.zeros(1, 32, 48, 5, dtype=torch.long)  # [1, H, W, S], not square: exercises the padding
+    label[0, 4:12, 6:20, 1] = 1
+    label[0, 8:20, 14:30, 1] = 2  # overlaps class 1: the later (higher) logit wins there
+    label[0, 20:30, 30:44, 3] = 2
+    return label
+
+
+def test_boxes_map_back_to_the_slice_and_highest_logit_wins():
+    label = _label_volume()
+    prompts = prompts_from_label(label, [1, 2])
+    assert [len(b) for b, _ in prompts] == [0, 2, 0, 1, 0]
+    model = BoxPainter()
+    pred = SliceSegmenter(model, backbone="tiny", batch_size=2)(torch.rand(1, 32, 48, 5), prompts)
+    assert pred.shape == (1, 32, 48, 5) and pred.dtype == torch.long
+    expected = torch.zeros_like(label)
+    expected[0, 4:12, 6:20, 1] = 1
+    expected[0, 8:20, 14:30, 1] = 2
+    expected[0, 20:30, 30:44, 3] = 2
+    assert (pred != expected).float().mean() < 0.01  # box edges resampled 48 -> 64 -> 48
+    assert model.calls == 2  # only slices with prompts are encoded
+
+
+def test_prompt_free_gives_the_binary_class_and_2d_stays_2d():
+    model = BoxPainter()
+    image = torch.zeros(1, 40, 40)
+    image[0, 10:20, 5:30] = 1.0
+    pred = SliceSegmenter(model, backbone="tiny")(image, None, prompt_free_class=3)
+    assert pred.shape == (1, 40, 40)
+    assert set(torch.unique(pred).tolist()) == {0, 3}
+    assert (pred[0, 10:20, 5:30] == 3).float().mean() > 0.95
+
+
+def test_real_network_and_cache(tmp_path):
+    model = tiny_segmote(num_ppt_queries=0)
+    cache = EmbeddingCache.for_model(tmp_path, model, {"size": 64})
+    label = _label_volume()
+    prompts = prompts_from_label(label, [1, 2], jitter=0.1, seed=1)
+    image = torch.rand(1, 32, 48, 5)
+    first = SliceSegmenter(model, backbone="tiny", cache=cache)(image, prompts)
+    second = SliceSegmenter(model, backbone="tiny", cache=cache)(image, prompts)
+    assert torch.equal(first, second) and cache.hits == 2 and cache.misses == 2
+
+
+def test_prompts_must_cover_every_slice():
+    with pytest.raises(ValueError, match="prompts for 2 slices, the image has 5"):
+        SliceSegmenter(BoxPainter(), backbone="tiny")(torch.rand(1, 32, 48, 5), [(torch.zeros(0, 4), torch.zeros(0))] * 2)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        SliceSegmenter(BoxPainter(), backbone="tiny", batch_size=0)
