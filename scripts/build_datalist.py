@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.9, 0.1, 0.0),
                         metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-patients", nargs="*", default=[], help="held out: always in 'test'")
     parser.add_argument("--name", default=None)
     parser.add_argument("--slice-axis", default="axial")
     parser.add_argument("--no-validate", action="store_true")
@@ -47,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         labels = {int(k): v for k, v in json.loads(args.labels_json).items()}
         pairs = pair_files(args.images, args.labels, mask_suffix=args.mask_suffix)
         patients = {image: patient_of(image, args.patient_regex) for image, _ in pairs}
-        split = patient_split(list(patients.values()), fractions=args.fractions, seed=args.seed)
+        unknown = sorted(set(args.test_patients) - set(patients.values()))
+        if unknown:
+            raise ValueError(f"--test-patients {unknown} are not among the patients found in {args.images}")
+        rest = [p for p in patients.values() if p not in args.test_patients]
+        split = patient_split(rest, fractions=args.fractions, seed=args.seed)
+        split["test"] = sorted(set(split["test"]) | set(args.test_patients))
     except (InputFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -59,6 +59,11 @@ class Datalist:
     def items(self, section: str) -> list[dict[str, Any]]:
         return self.sections.get(section, [])
 
+    def model_metadata(self) -> dict[str, Any]:
+        """What a trained checkpoint carries for inference: label names and task type."""
+        return {"labels": {str(k): v for k, v in sorted(self.labels.items())}, "task": self.task,
+                "modality": self.modality}
+
 
 def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datalist:
     """Reads and validates a datalist; item paths come back absolute and every item has a ``modality``.

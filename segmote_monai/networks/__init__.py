@@ -1,5 +1,5 @@
 from segmote_monai.networks.backbones import BACKBONE_NAMES, Backbone, build_backbone
-from segmote_monai.networks.checkpoint import load_trainable, save_trainable, trainable_state_dict
+from segmote_monai.networks.checkpoint import load_trainable, read_trainable, save_trainable, trainable_state_dict
 from segmote_monai.networks.decoder import DecoderOutput, MoTEMaskDecoder
 from segmote_monai.networks.mote import ExpertFFNs, NoisyTopKRouter, RoutingOutput, TokenMoE, top_k_gates
 from segmote_monai.networks.ppt import ProgressivePromptTokenizer
@@ -20,6 +20,7 @@ __all__ = [
     "build_backbone",
     "build_segmote",
     "load_trainable",
+    "read_trainable",
     "save_trainable",
     "top_k_gates",
     "trainable_state_dict",

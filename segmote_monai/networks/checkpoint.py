@@ -4,6 +4,7 @@ Format (a plain dict, read back with ``torch.load(weights_only=True)``)::
 
     {"format": "segmote-monai-trainable", "version": 1,
      "backbone": {"name": ..., "weights_sha256": ...}, "config": SegMoTE.config(),
+     "metadata": {...},  # what inference needs to know, e.g. {"labels": {"1": "liver"}, "task": "multi-class"}
      "state_dict": {name: tensor}}
 """
 
@@ -33,10 +34,12 @@ def trainable_state_dict(model: SegMoTE) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)}
 
 
-def save_trainable(model: SegMoTE, path: str | os.PathLike, *, half: bool = False) -> Path:
+def save_trainable(model: SegMoTE, path: str | os.PathLike, *, half: bool = False,
+                   metadata: dict | None = None) -> Path:
     """Writes the trainable part of ``model`` to ``path`` atomically (temporary file, then rename).
 
-    ``half`` stores floating-point tensors as float16 (half the size; loading casts back).
+    ``half`` stores floating-point tensors as float16 (half the size; loading casts back). ``metadata`` (plain
+    JSON-like values) travels with the weights: label names and task type, so inference needs no datalist.
     """
     path = Path(path)
     state = {
@@ -48,6 +51,7 @@ def save_trainable(model: SegMoTE, path: str | os.PathLike, *, half: bool = Fals
         "version": VERSION,
         "backbone": {"name": model.backbone_name, "weights_sha256": model.backbone_sha256},
         "config": model.config(),
+        "metadata": dict(metadata or {}),
         "state_dict": state,
     }
     with atomic_path(path) as tmp:

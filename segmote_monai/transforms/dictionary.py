@@ -19,7 +19,7 @@ from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform, Randomizable, Resized, SpatialPadd
 
 from segmote_monai.data.readers import load_image
-from segmote_monai.data.slicing import check_pair, orient_for_slicing, volume_to_slices
+from segmote_monai.data.slicing import check_pair, orient_for_slicing, restore_grid, volume_to_slices
 from segmote_monai.errors import InputFileError
 from segmote_monai.transforms.array import (
     LabelToPrompts,
@@ -36,6 +36,7 @@ __all__ = [
     "RandPromptd",
     "RandSliceSamplerd",
     "ResizeLongestSidePadd",
+    "RestoreGridd",
     "ScaleIntensityByModalityd",
     "SliceVolumed",
     "ToRGBd",
@@ -264,3 +265,18 @@ class RandSliceSamplerd(Randomizable, MapTransform):
         self.randomize(foreground)
         keys = list(self.key_iterator(d))
         return [_slice_item(d, keys, i) for i in self._picks]
+
+
+class RestoreGridd(MapTransform):
+    """Puts predictions made on the oriented grid of ``reference_key`` (as :class:`LoadPaird` leaves it) back
+    onto the grid the input was read on (:func:`~segmote_monai.data.slicing.restore_grid`)."""
+
+    def __init__(self, keys: KeysCollection = "pred", *, reference_key: str = "image") -> None:
+        super().__init__(keys)
+        self.reference_key = reference_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = restore_grid(d[key], d[self.reference_key])
+        return d

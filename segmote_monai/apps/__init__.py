@@ -1,0 +1,1 @@
+"""The bundle's workflows as Python objects: evaluation and inference (training is MONAI's SupervisedTrainer)."""

@@ -1,0 +1,166 @@
+"""The bundle's ``evaluating`` workflow: SegMoTE against the frozen backbone alone, on the same data and the
+same boxes, in one run.
+
+Settings per volume or image: boxes from its label per slice and class, tight and jittered (each side moved
+by up to a fraction of the box size, seeded); prompt-free (PPT) on binary tasks. Dice per volume and class on
+the reassembled label map. Writes ``metrics.json`` (means with bootstrap 95% intervals over cases, per
+setting, model, class and modality; and every case) and ``metrics.csv`` (one row per case, setting, model
+and class), both atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segmote_monai.atomic import atomic_path
+from segmote_monai.data.cache import EmbeddingCache
+from segmote_monai.data.datalist import Datalist
+from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
+from segmote_monai.metrics import dice_per_class
+from segmote_monai.networks.decoder import MoTEMaskDecoder
+from segmote_monai.networks.segmote import SegMoTE
+
+__all__ = ["BundleEvaluation", "bootstrap_interval", "zero_shot_like"]
+
+
+def zero_shot_like(model: SegMoTE) -> SegMoTE:
+    """The frozen backbone alone (experts off, no PPT), sharing ``model``'s frozen parts.
+
+    Refused for a model whose SAM decoder was trained: its original weights are not in memory any more;
+    build the baseline from the backbone instead.
+    """
+    if model.train_decoder:
+        raise ValueError("zero_shot_like needs a model with a frozen SAM decoder (train_decoder=False)")
+    decoder = MoTEMaskDecoder(mask_decoder=model.decoder.mask_decoder, num_expert_tokens=0)
+    return SegMoTE(image_encoder=model.image_encoder, prompt_encoder=model.prompt_encoder, decoder=decoder,
+                   backbone_name=model.backbone_name, backbone_sha256=model.backbone_sha256).eval()
+
+
+def bootstrap_interval(values: Sequence[float], *, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean over cases."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return (float(values.mean()), float(values.mean())) if len(values) else (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (samples, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+class BundleEvaluation:
+    """Evaluates ``network`` and its zero-shot baseline on one datalist section.
+
+    Args:
+        network: the trained SegMoTE.
+        datalist: the :class:`Datalist`; its ``section`` is evaluated.
+        load: the volume pre-processing (``LoadPaird`` + ``ScaleIntensityByModalityd``).
+        backbone: the backbone's name (its normalisation).
+        output_dir: where ``metrics.json`` / ``metrics.csv`` go.
+        jitters: box settings (0 = tight).
+        zero_shot: the baseline network; ``None`` builds :func:`zero_shot_like`.
+    """
+
+    def __init__(
+        self,
+        *,
+        network: SegMoTE,
+        datalist: Datalist,
+        load: Callable[[dict], dict],
+        backbone: str,
+        output_dir: str | os.PathLike,
+        section: str = "test",
+        jitters: Sequence[float] = (0.0, 0.1),
+        seed: int = 0,
+        cache: EmbeddingCache | None = None,
+        slice_batch_size: int = 8,
+        zero_shot: SegMoTE | None = None,
+        prompt_free: bool | None = None,
+    ) -> None:
+        self.network = network
+        self.datalist = datalist
+        self.load = load
+        self.backbone = backbone
+        self.output_dir = Path(output_dir)
+        self.section = section
+        self.jitters = [float(j) for j in jitters]
+        self.seed = seed
+        self.cache = cache
+        self.slice_batch_size = slice_batch_size
+        self.zero_shot = zero_shot
+        binary = datalist.task == "binary"
+        if prompt_free and not (binary and network.ppt is not None):
+            raise ValueError(f"prompt-free evaluation needs a binary task and PPT; task is {datalist.task!r}, "
+                             f"PPT {'on' if network.ppt is not None else 'off'}")
+        self.prompt_free = binary and network.ppt is not None if prompt_free is None else prompt_free
+
+    def _segment(self, model: SegMoTE, image: torch.Tensor, prompts: Any) -> torch.Tensor:
+        segmenter = SliceSegmenter(model, backbone=self.backbone, cache=self.cache, batch_size=self.slice_batch_size)
+        return segmenter(image, prompts, prompt_free_class=self.datalist.classes[0])
+
+    def run(self) -> dict[str, Any]:
+        items = self.datalist.items(self.section)
+        if not items:
+            raise ValueError(f"{self.datalist.path}: no '{self.section}' items to evaluate")
+        models = {"segmote": self.network.eval(), "zero_shot": self.zero_shot or zero_shot_like(self.network)}
+        classes = self.datalist.classes
+        rows = []
+        for index, item in enumerate(tqdm(items, desc="evaluating", unit="volume")):
+            case = self.load(item)
+            name = str(item.get("patient", index))
+            settings = [(f"box_jitter_{j:g}" if j else "box_tight", prompts_from_label(
+                case["label"], classes, jitter=j, seed=self.seed)) for j in self.jitters]
+            for setting, prompts in settings:
+                for model_name, model in models.items():
+                    dice = dice_per_class(self._segment(model, case["image"], prompts), case["label"], classes)
+                    rows += [(name, item["modality"], setting, model_name, c, d) for c, d in dice.items()]
+            if self.prompt_free:
+                dice = dice_per_class(self._segment(self.network, case["image"], None), case["label"], classes)
+                rows += [(name, item["modality"], "prompt_free", "segmote", c, d) for c, d in dice.items()]
+        summary = self._summarise(rows)
+        self._write(rows, summary)
+        return summary
+
+    def _summarise(self, rows: list[tuple]) -> dict[str, Any]:
+        names = self.datalist.labels
+        groups: dict[tuple, list[float]] = defaultdict(list)
+        per_case: dict[tuple, list[float]] = defaultdict(list)
+        for case, modality, setting, model, c, dice in rows:
+            groups[(setting, model, names[c], modality)].append(dice)
+            per_case[(setting, model, case)].append(dice)
+        by_mean: dict[tuple, list[float]] = defaultdict(list)
+        for (setting, model, _), values in per_case.items():
+            by_mean[(setting, model)].append(float(np.mean(values)))
+        summary: dict[str, Any] = {"section": self.section, "cases": len({r[0] for r in rows}), "results": []}
+        for (setting, model, label, modality), values in sorted(groups.items()):
+            low, high = bootstrap_interval(values, seed=self.seed)
+            summary["results"].append({"setting": setting, "model": model, "class": label, "modality": modality,
+                                       "mean_dice": float(np.mean(values)), "ci95": [low, high], "n": len(values)})
+        for (setting, model), values in sorted(by_mean.items()):
+            low, high = bootstrap_interval(values, seed=self.seed)
+            summary["results"].append({"setting": setting, "model": model, "class": "mean over classes",
+                                       "modality": "all", "mean_dice": float(np.mean(values)), "ci95": [low, high],
+                                       "n": len(values)})
+        summary["per_case"] = [{"case": r[0], "modality": r[1], "setting": r[2], "model": r[3],
+                                "class": names[r[4]], "dice": r[5]} for r in rows]
+        return summary
+
+    def _write(self, rows: list[tuple], summary: dict[str, Any]) -> None:
+        with atomic_path(self.output_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["case", "modality", "setting", "model", "class", "dice"])
+        names = self.datalist.labels
+        writer.writerows([(r[0], r[1], r[2], r[3], names[r[4]], f"{r[5]:.6f}") for r in rows])
+        with atomic_path(self.output_dir / "metrics.csv") as tmp:
+            tmp.write_text(buffer.getvalue())

@@ -1,0 +1,5 @@
+from segmote_monai.handlers.checkpoint import TrainableCheckpointSaver
+from segmote_monai.handlers.ppt_schedule import PPTCarrierSchedule, carrier_probability
+from segmote_monai.handlers.routing_stats import RoutingStatistics
+
+__all__ = ["PPTCarrierSchedule", "RoutingStatistics", "TrainableCheckpointSaver", "carrier_probability"]
