@@ -24,6 +24,7 @@ from monai.transforms import Compose
 from monai.utils import set_determinism
 
 from segmote_monai.data.cache import EmbeddingCache
+from segmote_monai.data.slice_dataset import SliceSampleDataset
 from segmote_monai.engines import training_iteration
 from segmote_monai.losses import DiceBalanceLoss
 from segmote_monai.networks import build_segmote
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/mri_abdomen_chaos_t2")
     parser.add_argument("--samples-per-volume", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=10, help="slices per batch (the paper's 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backbone", default="lite_medsam")
     args = parser.parse_args(argv)
@@ -73,20 +74,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.data}: no images/*.nii.gz (the CHAOS folder of ../shared/data)")
     items = [{"image": str(p), "label": str(args.data / "labels" / p.name), "modality": "MR"} for p in images]
     size = BACKBONE_INPUT[args.backbone][0]
-    transform = Compose([
-        LoadPaird(label_values=CLASSES), ScaleIntensityByModalityd(),
-        RandSliceSamplerd(num_samples=args.samples_per_volume),
+    volumes = CacheDataset(items, Compose([LoadPaird(label_values=CLASSES), ScaleIntensityByModalityd()]),
+                           progress=False)  # volumes loaded once, outside the timings
+    sampler = RandSliceSamplerd(num_samples=1)
+    per_slice = Compose([
         ToRGBd(), ResizeLongestSidePadd(("image", "label"), size, ("bilinear", "nearest-exact")),
         BackboneNormalized(backbone=args.backbone), RandPromptd(classes=CLASSES, jitter=0.1),
     ])
-    dataset = CacheDataset(items, transform, progress=False)  # volumes loaded once, outside the timings
+    dataset = SliceSampleDataset(volumes, sampler, args.samples_per_volume, per_slice)
     model = build_segmote(args.backbone)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = DiceBalanceLoss()
 
     def epoch(cache: EmbeddingCache | None) -> tuple[float, int]:
         set_determinism(args.seed)
-        transform.set_random_state(args.seed)
+        sampler.set_random_state(args.seed)
+        per_slice.set_random_state(args.seed)
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=list_data_collate)
         start, samples = time.perf_counter(), 0
         for batch in loader:

@@ -26,6 +26,7 @@ from segmote_monai.atomic import atomic_path
 from segmote_monai.data import restore_grid
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.datalist import load_datalist
+from segmote_monai.data.slice_dataset import SliceSampleDataset
 from segmote_monai.engines import training_iteration
 from segmote_monai.inferers import SliceSegmenter, prompts_from_label
 from segmote_monai.losses import DiceBalanceLoss
@@ -67,11 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     size = model.img_size
     cache = EmbeddingCache.for_model(args.output_dir / "cache", model, {"size": size, "scaling": "modality"})
 
-    train = CacheDataset(datalist.items("training"), Compose([
-        load, RandSliceSamplerd(num_samples=args.samples_per_volume),
-        ToRGBd(), ResizeLongestSidePadd(("image", "label"), size, ("bilinear", "nearest-exact")),
-        BackboneNormalized(backbone=args.backbone), RandPromptd(classes=classes, jitter=args.jitter),
-    ]), progress=False)
+    train = SliceSampleDataset(
+        CacheDataset(datalist.items("training"), load, progress=False),
+        RandSliceSamplerd(num_samples=1), args.samples_per_volume,
+        Compose([ToRGBd(), ResizeLongestSidePadd(("image", "label"), size, ("bilinear", "nearest-exact")),
+                 BackboneNormalized(backbone=args.backbone), RandPromptd(classes=classes, jitter=args.jitter)]),
+    )
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=list_data_collate)
     loss_fn = DiceBalanceLoss()
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)

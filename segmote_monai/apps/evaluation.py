@@ -108,15 +108,18 @@ class BundleEvaluation:
         return segmenter(image, prompts, prompt_free_class=self.datalist.classes[0])
 
     def run(self) -> dict[str, Any]:
+        """Evaluates every item (under torch.distributed, each rank a shard; rank 0 writes the files)."""
         items = self.datalist.items(self.section)
         if not items:
             raise ValueError(f"{self.datalist.path}: no '{self.section}' items to evaluate")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
         models = {"segmote": self.network.eval(), "zero_shot": self.zero_shot or zero_shot_like(self.network)}
         classes = self.datalist.classes
         rows = []
-        for index, item in enumerate(tqdm(items, desc="evaluating", unit="volume")):
+        for index, item in enumerate(tqdm(items[rank::world], desc="evaluating", unit="volume", disable=rank > 0)):
             case = self.load(item)
-            name = str(item.get("patient", index))
+            name = str(item.get("patient", index * world + rank))
             settings = [(f"box_jitter_{j:g}" if j else "box_tight", prompts_from_label(
                 case["label"], classes, jitter=j, seed=self.seed)) for j in self.jitters]
             for setting, prompts in settings:
@@ -126,8 +129,13 @@ class BundleEvaluation:
             if self.prompt_free:
                 dice = dice_per_class(self._segment(self.network, case["image"], None), case["label"], classes)
                 rows += [(name, item["modality"], "prompt_free", "segmote", c, d) for c, d in dice.items()]
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
         summary = self._summarise(rows)
-        self._write(rows, summary)
+        if rank == 0:
+            self._write(rows, summary)
         return summary
 
     def _summarise(self, rows: list[tuple]) -> dict[str, Any]:

@@ -14,11 +14,17 @@ from typing import Any
 import torch
 
 from segmote_monai.data.cache import EmbeddingCache
-from segmote_monai.networks.segmote import SegMoTE, SegMoTEOutput
+from segmote_monai.networks.segmote import PromptedForward, SegMoTE, SegMoTEOutput
 
-__all__ = ["PROMPT_MODES", "embed_batch", "prompted_forward", "training_iteration"]
+__all__ = ["PROMPT_MODES", "embed_batch", "prompted_forward", "training_iteration", "unwrap"]
 
 PROMPT_MODES = ("box", "points", "box+points", "none")
+
+
+def unwrap(network: torch.nn.Module) -> SegMoTE:
+    """The SegMoTE inside ``DistributedDataParallel(PromptedForward(...))`` (or the network itself)."""
+    network = getattr(network, "module", network)
+    return network.model if isinstance(network, PromptedForward) else network
 
 
 def embed_batch(model: SegMoTE, images: torch.Tensor, cache: EmbeddingCache | None) -> torch.Tensor:
@@ -29,11 +35,14 @@ def embed_batch(model: SegMoTE, images: torch.Tensor, cache: EmbeddingCache | No
 
 
 def prompted_forward(
-    model: SegMoTE, batch: Mapping[str, Any], embeddings: torch.Tensor, *, prompt: str = "box",
+    model: torch.nn.Module, batch: Mapping[str, Any], embeddings: torch.Tensor, *, prompt: str = "box",
     use_ppt: bool | None = None,
 ) -> SegMoTEOutput:
-    """Runs ``model.predict`` on one prompt per sample (``prompt`` in :data:`PROMPT_MODES`; ``none`` is
-    prompt-free, PPT only). PPT carriers come from the sample's ``mask`` and ``class_id``."""
+    """Runs ``SegMoTE.predict`` on one prompt per sample (``prompt`` in :data:`PROMPT_MODES`; ``none`` is
+    prompt-free, PPT only). PPT carriers come from the sample's ``mask`` and ``class_id``. ``model`` is a
+    SegMoTE, or a DDP-wrapped :class:`PromptedForward` (called through DDP so gradients synchronise)."""
+    core = unwrap(model)
+    predict = core.predict if model is core else model
     if prompt not in PROMPT_MODES:
         raise ValueError(f"prompt must be one of {list(PROMPT_MODES)}, got {prompt!r}")
     device = embeddings.device
@@ -43,14 +52,14 @@ def prompted_forward(
     if prompt in ("points", "box+points"):
         kwargs["points"] = batch["points"].to(device, torch.float32)
         kwargs["point_labels"] = batch["point_labels"].to(device)
-    if model.ppt is not None and (use_ppt or prompt == "none"):
+    if core.ppt is not None and (use_ppt or prompt == "none"):
         kwargs["carrier_masks"] = batch["mask"].to(device)
         kwargs["carrier_class_ids"] = batch["class_id"].to(device)
-    return model.predict(image_embeddings=embeddings, use_ppt=use_ppt, **kwargs)
+    return predict(image_embeddings=embeddings, use_ppt=use_ppt, **kwargs)
 
 
 def training_iteration(
-    model: SegMoTE,
+    model: torch.nn.Module,
     optimiser: torch.optim.Optimizer,
     loss_fn: torch.nn.Module,
     batch: Mapping[str, Any],
@@ -62,7 +71,7 @@ def training_iteration(
 ) -> dict[str, Any]:
     """Embeds (or reads) the batch, predicts one mask per sample, and takes one optimiser step."""
     model.train()
-    embeddings = embed_batch(model, batch["image"].to(device), cache)
+    embeddings = embed_batch(unwrap(model), batch["image"].to(device), cache)
     output = prompted_forward(model, batch, embeddings, prompt=prompt, use_ppt=use_ppt)
     loss = loss_fn(output, batch["mask"].to(device, output.masks.dtype))
     optimiser.zero_grad(set_to_none=True)

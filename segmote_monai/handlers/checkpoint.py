@@ -8,7 +8,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from segmote_monai.engines.iterations import unwrap
+from segmote_monai.engines.step import unwrap
 from segmote_monai.networks.checkpoint import save_trainable
 
 __all__ = ["TrainableCheckpointSaver"]

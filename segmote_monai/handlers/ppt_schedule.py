@@ -6,7 +6,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from segmote_monai.engines.iterations import unwrap
+from segmote_monai.engines.step import unwrap
 
 __all__ = ["PPTCarrierSchedule", "carrier_probability"]
 

@@ -16,7 +16,7 @@ from segmote_monai.networks.decoder import MoTEMaskDecoder
 from segmote_monai.networks.mote import RoutingOutput
 from segmote_monai.networks.ppt import ProgressivePromptTokenizer
 
-__all__ = ["SegMoTE", "SegMoTEOutput", "build_segmote"]
+__all__ = ["PromptedForward", "SegMoTE", "SegMoTEOutput", "build_segmote"]
 
 
 @dataclass
@@ -251,6 +251,19 @@ class SegMoTE(nn.Module):
             carriers = torch.where(pick_text, available[1], available[0])
         keep = (torch.rand(n, 1, device=device) < p).to(carriers.dtype)
         return carriers * keep
+
+
+class PromptedForward(nn.Module):
+    """``forward(**kwargs) = model.predict(**kwargs)``: what DistributedDataParallel wraps for prompted
+    training, since DDP synchronises gradients only for computations that go through its ``forward``."""
+
+    def __init__(self, model: SegMoTE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **kwargs) -> SegMoTEOutput:
+        """Same arguments and output as :meth:`SegMoTE.predict`."""
+        return self.model.predict(**kwargs)
 
 
 def build_segmote(
