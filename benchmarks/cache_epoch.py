@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         cache = EmbeddingCache.for_model(tmp, model, {"size": size, "modality": "MR", "percentiles": (0.5, 99.5)})
         no_cache, samples = epoch(None)
         cold, _ = epoch(cache)
-        misses = cache.misses
+        misses, hits_before = cache.misses, cache.hits
         warm, _ = epoch(cache)
-        hits = cache.hits
+        hits = cache.hits - hits_before  # this epoch's alone
         cache_mb, entries = cache.size_bytes() / 2**20, len(cache.entries())
 
     command = "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute()
