@@ -121,7 +121,9 @@ class SegMoTE(nn.Module):
         return total / foreground.sum(dim=(2, 3)).clamp(min=1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Prompt-free segmentation: [B, 3, H, W] images -> [B, 1, H, W] mask logits."""
+        """Prompt-free segmentation: [B, 3, H, W] images -> [B, 1, H, W] mask logits (PPT tokens when the
+        model has PPT; a multi-class, box-prompted model has none and its prompt-free output is not meant
+        for use)."""
         return self.predict(images=images).masks
 
     def predict(
@@ -147,7 +149,8 @@ class SegMoTE(nn.Module):
             point_labels: [N, P] (1 foreground, 0 background).
             image_index: [N] long, the image of each prompt; defaults to ``arange(B)`` when N == B and to
                 zeros when B == 1. Without boxes and points there is one prompt-free row per image.
-            use_ppt: add the PPT tokens; defaults to True exactly when there are no boxes or points.
+            use_ppt: add the PPT tokens; defaults to True exactly when there are no boxes or points and the model
+                has PPT (without PPT, a prompt-free call decodes with no prompt tokens, as SAM does).
             carrier_masks: [N, 1, H', W'] label masks, and/or
             carrier_class_ids: [N] class ids: PPT carriers, used only in training with
                 ``ppt.carrier_probability > 0``.
@@ -162,7 +165,7 @@ class SegMoTE(nn.Module):
         prompted = boxes is not None or points is not None
         n = self._num_prompts(b, boxes, points, point_labels)
         image_index = self._image_index(image_index, b, n, embeddings.device)
-        use_ppt = not prompted if use_ppt is None else use_ppt
+        use_ppt = (not prompted and self.ppt is not None) if use_ppt is None else use_ppt
         if use_ppt and self.ppt is None:
             raise ValueError("use_ppt=True but this model has no PPT (num_ppt_queries=0)")
 

@@ -165,20 +165,22 @@ class BackboneNormalized(MapTransform):
         return d
 
 
-class LabelToPromptsd(Randomizable, MapTransform):
-    """Adds ``boxes``, ``class_ids`` (and ``points`` / ``point_labels``) for every class present in the
-    2D label under ``label_key``: the evaluation and inference prompts."""
+class _PromptsFromLabeld(Randomizable, MapTransform):
+    """Runs a prompt transform of :mod:`~segmote_monai.transforms.array` on the label under ``label_key`` and
+    adds what it returns to the data; seeding reaches the inner transform."""
+
+    prompt_type: type[LabelToPrompts]
 
     def __init__(self, label_key: str = "label", **kwargs: Any) -> None:
         MapTransform.__init__(self, label_key)
-        self.prompts = LabelToPrompts(**kwargs)
+        self.prompts = self.prompt_type(**kwargs)
 
-    def set_random_state(self, seed=None, state=None) -> LabelToPromptsd:
+    def set_random_state(self, seed=None, state=None) -> _PromptsFromLabeld:
         super().set_random_state(seed, state)
         self.prompts.set_random_state(seed, state)
         return self
 
-    def randomize(self, data: Any = None) -> None:
+    def randomize(self, data: Any = None) -> None:  # the inner transform draws
         pass
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -187,26 +189,18 @@ class LabelToPromptsd(Randomizable, MapTransform):
         return d
 
 
-class RandPromptd(Randomizable, MapTransform):
+class LabelToPromptsd(_PromptsFromLabeld):
+    """Adds ``boxes``, ``class_ids`` (and ``points`` / ``point_labels``) for every class present in the
+    2D label under ``label_key``: the evaluation and inference prompts."""
+
+    prompt_type = LabelToPrompts
+
+
+class RandPromptd(_PromptsFromLabeld):
     """Adds one training prompt per sample (see :class:`~segmote_monai.transforms.array.RandPrompt`):
     ``mask``, ``class_id``, ``box`` and optionally ``points`` / ``point_labels``."""
 
-    def __init__(self, label_key: str = "label", **kwargs: Any) -> None:
-        MapTransform.__init__(self, label_key)
-        self.prompt = RandPrompt(**kwargs)
-
-    def set_random_state(self, seed=None, state=None) -> RandPromptd:
-        super().set_random_state(seed, state)
-        self.prompt.set_random_state(seed, state)
-        return self
-
-    def randomize(self, data: Any = None) -> None:
-        pass
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        d.update(self.prompt(d[self.keys[0]]))
-        return d
+    prompt_type = RandPrompt
 
 
 def _slice_item(d: dict, keys: Sequence[Hashable], index: int) -> dict:

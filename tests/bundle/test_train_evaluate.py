@@ -50,7 +50,7 @@ def test_training_epochs_write_the_trainable_checkpoints(trained_bundle):
     out, run = trained_bundle
     log = run.stdout + run.stderr
     assert "train_loss" in log and "val_mean_dice" in log and "expert_use_CT_0" in log
-    assert re.search(r"Epoch\[2\] Metrics -- val_mean_dice: \d\.\d+", log)
+    assert re.search(r"Epoch\[2\] Metrics -- .*val_dice_organ: \d\.\d+ .*val_mean_dice: \d\.\d+", log)
     for name in ("segmote_latest.pt", "segmote_best.pt"):
         payload = read_trainable(out / "models" / name)
         assert payload["backbone"]["name"] == "tiny"

@@ -28,7 +28,8 @@ def run_script(monkeypatch, *args):
 def test_embedded_datalist_loads():
     datalist = load_datalist(REPO / "bundle/data/chaos_t2/datalist.json")
     assert datalist.task == "multi-class" and datalist.classes == [1, 2, 3, 4]
-    assert len(datalist.items("training")) == 2 and datalist.items("test")[0]["modality"] == "MR"
+    assert len(datalist.items("training")) == 3 and len(datalist.items("validation")) == 1
+    assert datalist.items("test")[0]["modality"] == "MR"
     assert Path(datalist.items("training")[0]["image"]).is_file()
     assert datalist.label_encoding() == {"label_values": [1, 2, 3, 4]}
 

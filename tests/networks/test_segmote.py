@@ -181,3 +181,8 @@ def test_constructor_types():
     with pytest.raises(TypeError, match="decoder must be a MoTEMaskDecoder, got Linear"):
         SegMoTE(image_encoder=model.image_encoder, prompt_encoder=model.prompt_encoder, decoder=torch.nn.Linear(1, 1),
                 backbone_name="tiny", backbone_sha256="x")
+
+
+def test_prompt_free_without_ppt_decodes_with_no_prompt_tokens():
+    model = tiny_segmote(num_ppt_queries=0).eval()
+    assert model(IMAGES).shape == (2, 1, 64, 64)
