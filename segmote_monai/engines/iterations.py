@@ -19,7 +19,7 @@ from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
 from segmote_monai.losses.balance import load_balance_loss
 from segmote_monai.metrics import dice_per_class
 
-__all__ = ["PromptedTrainIteration", "VolumeEvalIteration", "unwrap"]
+__all__ = ["PromptedTrainIteration", "VolumeEvalIteration"]
 
 
 class PromptedTrainIteration:
