@@ -11,14 +11,13 @@ Prints a Markdown section (machine, commit, command, seed, figures) for BENCHMAR
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import REPO, provenance, write_section
 from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.transforms import Compose
 from monai.utils import set_determinism
@@ -39,58 +38,51 @@ from segmote_monai.transforms import (
     ToRGBd,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = [1, 2, 3, 4]
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{cpu}, {torch.get_num_threads()} threads, {platform.system()}, Python {platform.python_version()}, " \
-           f"torch {torch.__version__}"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return out + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/mri_abdomen_chaos_t2")
     parser.add_argument("--samples-per-volume", type=int, default=8)
+    parser.add_argument("--max-volumes", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=10, help="slices per batch (the paper's 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backbone", default="lite_medsam")
+    parser.add_argument("--write", type=Path, default=None, help="put the section into this BENCHMARKS.md")
     args = parser.parse_args(argv)
-    images = sorted((args.data / "images").glob("*.nii.gz"))
+    body = measure(args.data, samples_per_volume=args.samples_per_volume, max_volumes=args.max_volumes,
+                   batch_size=args.batch_size, seed=args.seed, backbone=args.backbone)
+    print(body)
+    if args.write is not None:
+        write_section(args.write, "cache", body)
+
+
+def measure(data: Path, *, samples_per_volume: int = 8, max_volumes: int | None = None, batch_size: int = 10,
+            seed: int = 0, backbone: str = "lite_medsam") -> str:
+    """Times the three epochs; returns the Markdown section."""
+    images = sorted((data / "images").glob("*.nii.gz"))[:max_volumes]
     if not images:
-        sys.exit(f"{args.data}: no images/*.nii.gz (the CHAOS folder of ../shared/data)")
-    items = [{"image": str(p), "label": str(args.data / "labels" / p.name), "modality": "MR"} for p in images]
-    size = BACKBONE_INPUT[args.backbone][0]
+        sys.exit(f"{data}: no images/*.nii.gz (the CHAOS folder of ../shared/data)")
+    items = [{"image": str(p), "label": str(data / "labels" / p.name), "modality": "MR"} for p in images]
+    size = BACKBONE_INPUT[backbone][0]
     volumes = CacheDataset(items, Compose([LoadPaird(label_values=CLASSES), ScaleIntensityByModalityd()]),
                            progress=False)  # volumes loaded once, outside the timings
     sampler = RandSliceSamplerd(num_samples=1)
     per_slice = Compose([
         ToRGBd(), ResizeLongestSidePadd(("image", "label"), size, ("bilinear", "nearest-exact")),
-        BackboneNormalized(backbone=args.backbone), RandPromptd(classes=CLASSES, jitter=0.1),
+        BackboneNormalized(backbone=backbone), RandPromptd(classes=CLASSES, jitter=0.1),
     ])
-    dataset = SliceSampleDataset(volumes, sampler, args.samples_per_volume, per_slice)
-    model = build_segmote(args.backbone)
+    dataset = SliceSampleDataset(volumes, sampler, samples_per_volume, per_slice)
+    model = build_segmote(backbone)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = DiceBalanceLoss()
 
     def epoch(cache: EmbeddingCache | None) -> tuple[float, int]:
-        set_determinism(args.seed)
-        sampler.set_random_state(args.seed)
-        per_slice.set_random_state(args.seed)
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=list_data_collate)
+        set_determinism(seed)
+        sampler.set_random_state(seed)
+        per_slice.set_random_state(seed)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=list_data_collate)
         start, samples = time.perf_counter(), 0
         for batch in loader:
             training_iteration(model, optimiser, loss_fn, batch, cache=cache)
@@ -106,22 +98,22 @@ def main(argv: list[str] | None = None) -> None:
         hits = cache.hits - hits_before  # this epoch's alone
         cache_mb, entries = cache.size_bytes() / 2**20, len(cache.entries())
 
-    command = "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute()
-                                     else sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    print("## Training epoch with and without the embedding cache\n")
-    print(f"- machine: {machine()}")
-    print(f"- commit: {commit()}")
-    print(f"- command: `{command}`")
-    print(f"- seed {args.seed}; {len(items)} CHAOS T2 volumes x {args.samples_per_volume} slices = {samples} "
-          f"samples, one jittered box each, batch {args.batch_size}, backbone {args.backbone}")
-    print()
-    print("| epoch | time (s) | s / sample |")
-    print("|---|---:|---:|")
-    for name, seconds in (("no cache", no_cache), (f"cold cache ({misses} misses, written)", cold),
-                          (f"warm cache ({hits} hits)", warm)):
-        print(f"| {name} | {seconds:.1f} | {seconds / samples:.3f} |")
-    print(f"\nSpeed-up, no cache / warm cache: **{no_cache / warm:.1f}x**; cache: {entries} distinct slices, "
-          f"{cache_mb:.0f} MiB (float16, {cache_mb / max(1, entries):.2f} MiB each).")
+    rows = "\n".join(f"| {name} | {seconds:.1f} | {seconds / samples:.3f} |" for name, seconds in (
+        ("no cache (encoder on every slice)", no_cache), (f"cold cache ({misses} encoder runs, entries written)", cold),
+        (f"warm cache ({hits} hits, every embedding read)", warm)))
+    return f"""## Training epoch with and without the embedding cache
+
+{provenance(seed)}
+- {len(items)} CHAOS T2 volumes x {samples_per_volume} slices = {samples} samples per epoch (the same samples in
+  every epoch), one jittered box each, batch {batch_size}, frozen `{backbone}` with SegMoTE's default widths
+
+| epoch | time (s) | s / sample |
+|---|---:|---:|
+{rows}
+
+Speed-up, no cache / warm cache: **{no_cache / warm:.1f}x** (goal: at least 4x). Cache: {entries} distinct slices,
+{cache_mb:.0f} MiB (float16, {cache_mb / max(1, entries):.2f} MiB per slice).
+"""
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import io
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def bootstrap_interval(values: Sequence[float], *, samples: int = 2000, seed: in
 
 
 class BundleEvaluation:
-    """Evaluates ``network`` and its zero-shot baseline on one datalist section.
+    """Evaluates ``network`` and its baselines (by default the zero-shot backbone) on one datalist section.
 
     Args:
         network: the trained SegMoTE.
@@ -67,7 +67,8 @@ class BundleEvaluation:
         backbone: the backbone's name (its normalisation).
         output_dir: where ``metrics.json`` / ``metrics.csv`` go.
         jitters: box settings (0 = tight).
-        zero_shot: the baseline network; ``None`` builds :func:`zero_shot_like`.
+        baselines: name -> model evaluated on the same data and boxes; ``None`` is ``{"zero_shot":
+            zero_shot_like(network)}``, ``{}`` none.
     """
 
     def __init__(
@@ -83,7 +84,7 @@ class BundleEvaluation:
         seed: int = 0,
         cache: EmbeddingCache | None = None,
         slice_batch_size: int = 8,
-        zero_shot: SegMoTE | None = None,
+        baselines: Mapping[str, SegMoTE] | None = None,
         prompt_free: bool | None = None,
     ) -> None:
         self.network = network
@@ -96,7 +97,10 @@ class BundleEvaluation:
         self.seed = seed
         self.cache = cache
         self.slice_batch_size = slice_batch_size
-        self.zero_shot = zero_shot
+        if baselines is not None and "segmote" in baselines:
+            raise ValueError(f"'segmote' names the evaluated network; baselines need other names, got "
+                             f"{list(baselines)}")
+        self.baselines = dict(baselines) if baselines is not None else None
         binary = datalist.task == "binary"
         if prompt_free and not (binary and network.ppt is not None):
             raise ValueError(f"prompt-free evaluation needs a binary task and PPT; task is {datalist.task!r}, "
@@ -114,7 +118,8 @@ class BundleEvaluation:
             raise ValueError(f"{self.datalist.path}: no '{self.section}' items to evaluate")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-        models = {"segmote": self.network.eval(), "zero_shot": self.zero_shot or zero_shot_like(self.network)}
+        baselines = self.baselines if self.baselines is not None else {"zero_shot": zero_shot_like(self.network)}
+        models = {"segmote": self.network.eval(), **{k: m.eval() for k, m in baselines.items()}}
         classes = self.datalist.classes
         rows = []
         for index, item in enumerate(tqdm(items[rank::world], desc="evaluating", unit="volume", disable=rank > 0)):

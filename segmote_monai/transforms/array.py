@@ -60,19 +60,19 @@ class ScaleIntensityByModality(Transform):
             return self.ct_window
         if self.modality in ("XR", "RGB") and source_dtype == "uint8":
             return 0.0, 255.0
-        values = img.float().flatten()
+        values = torch.as_tensor(img).reshape(-1)
         if values.numel() > 1_000_000:  # percentiles of a large volume from a fixed-stride subsample
             values = values[:: values.numel() // 1_000_000 + 1]
-        low, high = torch.quantile(values, torch.tensor(self.percentiles) / 100.0).tolist()
+        low, high = torch.quantile(values.float(), torch.tensor(self.percentiles) / 100.0).tolist()
         return low, high
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         source_dtype = str(getattr(img, "meta", {}).get("original_dtype", str(img.dtype).replace("torch.", "")))
         low, high = self._range(img, source_dtype)
-        out = img.float()
+        out = img.to(torch.float32, copy=True)  # one copy, then in place: a 512 x 512 x 300 CT is 300 MB a copy
         if high <= low:
-            return out * 0.0
-        return ((out - low) / (high - low)).clamp(0.0, 1.0)
+            return out.zero_()
+        return out.sub_(low).div_(high - low).clamp_(0.0, 1.0)
 
 
 class ToRGB(Transform):

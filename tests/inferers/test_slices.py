@@ -47,7 +47,7 @@ def test_boxes_map_back_to_the_slice_and_highest_logit_wins():
     assert [len(b) for b, _ in prompts] == [0, 2, 0, 1, 0]
     model = BoxPainter()
     pred = SliceSegmenter(model, backbone="tiny", batch_size=2)(torch.rand(1, 32, 48, 5), prompts)
-    assert pred.shape == (1, 32, 48, 5) and pred.dtype == torch.long
+    assert pred.shape == (1, 32, 48, 5) and pred.dtype == torch.uint8
     expected = torch.zeros_like(label)
     expected[0, 4:12, 6:20, 1] = 1
     expected[0, 8:20, 14:30, 1] = 2
@@ -82,3 +82,9 @@ def test_prompts_must_cover_every_slice():
         SliceSegmenter(BoxPainter(), backbone="tiny")(torch.rand(1, 32, 48, 5), [(torch.zeros(0, 4), torch.zeros(0))] * 2)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         SliceSegmenter(BoxPainter(), backbone="tiny", batch_size=0)
+
+
+def test_label_values_past_255_get_a_wider_dtype():
+    label = _label_volume() * 150  # classes 150 and 300
+    pred = SliceSegmenter(BoxPainter(), backbone="tiny")(torch.rand(1, 32, 48, 5), prompts_from_label(label, [150, 300]))
+    assert pred.dtype == torch.int32 and set(pred.unique().tolist()) == {0, 150, 300}

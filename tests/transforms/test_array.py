@@ -41,6 +41,14 @@ def test_constant_image_is_zero():
     assert ScaleIntensityByModality("MR")(torch.full((1, 4, 4), 7.0)).abs().sum() == 0
 
 
+@pytest.mark.parametrize("modality", ["CT", "MR", "XR"])
+def test_scaling_leaves_a_float32_input_untouched(modality):
+    image = torch.linspace(-500.0, 500.0, 64).reshape(1, 8, 8)
+    before = image.clone()
+    out = ScaleIntensityByModality(modality)(image)
+    assert torch.equal(image, before) and out.data_ptr() != image.data_ptr()
+
+
 @pytest.mark.parametrize(
     "modality,kwargs,message",
     [
