@@ -59,6 +59,7 @@ class Variant:
     name: str
     options: Mapping[str, Any]
     lambda_balance: float = 0.01
+    learning_rate: float | None = None  # None: the budget's
     description: str = ""
 
 
@@ -238,8 +239,10 @@ ABLATIONS = (
     Variant("experts_8", {"num_experts": 8}, description="8 experts, top-2"),
     Variant("combine_top1", {"combine": "top1"}, description="combine top1 (the best expert token only)"),
     Variant("unfrozen_decoder", {"train_decoder": True}, description="experts + SAM's decoder trained"),
+    Variant("lr_5e-4", {}, learning_rate=5e-4, description="the default at 5x the learning rate"),
 )
 
 
 def budget_for(variant: Variant, budget: TrainingBudget) -> TrainingBudget:
-    return replace(budget, lambda_balance=variant.lambda_balance)
+    return replace(budget, lambda_balance=variant.lambda_balance,
+                   learning_rate=variant.learning_rate or budget.learning_rate)

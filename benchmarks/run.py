@@ -2,7 +2,8 @@
 
     python benchmarks/run.py main        # accuracy, routing, speed and memory (under 2 h on a 2-core CPU)
     python benchmarks/run.py ablations   # no PPT, lambda 0, 1/4/8 experts, top1, unfrozen decoder
-    python benchmarks/run.py speed       # the speed and memory section alone
+    python benchmarks/run.py speed       # the speed, memory and cache sections alone
+    python benchmarks/run.py memory      # the peak-memory section alone
     python benchmarks/run.py main --quick  # every step on a few cases, a few minutes (writes elsewhere)
 
 Data: the committed patient-level splits in ``benchmarks/splits/`` over ``--data-root`` (default
@@ -58,7 +59,10 @@ class Context:
         limit = 1 if args.quick else None
         self.datalists = load_splits(args.data_root.resolve(), self.work, DATASETS, max_test_cases=limit)
         self.num_classes = 1 + sum(max(d.classes) for d in self.datalists.values())
-        default = {"epochs": 3, "steps_per_epoch": 8} if args.quick else {"epochs": 15, "steps_per_epoch": 50}
+        # ablations: 8 configurations at a fifth of the main budget each, to fit in about an hour on 2 CPU cores
+        default = ({"epochs": 3, "steps_per_epoch": 8} if args.quick else
+                   {"epochs": 15, "steps_per_epoch": 10} if args.what == "ablations" else
+                   {"epochs": 15, "steps_per_epoch": 50})
         self.budget = TrainingBudget(epochs=args.epochs or default["epochs"],
                                      steps_per_epoch=args.steps_per_epoch or default["steps_per_epoch"])
         self._bank: SliceBank | None = None
@@ -74,11 +78,11 @@ class Context:
             log(f"training slices {counts} embedded or read in {time.perf_counter() - start:.0f} s")
         return self._bank
 
-    def train(self, variant: Variant, model, budget: TrainingBudget) -> dict:
+    def train(self, variant: Variant, model, budget: TrainingBudget, subdir: str = "models") -> dict:
         log(f"training {variant.name}: {trainable(model):,} trainable parameters, {budget.epochs} epochs x "
             f"{budget.steps_per_epoch} steps x batch {budget.batch_size}")
         stats = train_joint(model, self.bank(model), budget, seed=self.args.seed, log=log)
-        path = self.work / "models" / f"{variant.name}.pt"
+        path = self.work / subdir / f"{variant.name}.pt"
         metadata = {"datasets": list(self.datalists), "budget": vars(budget) | {"milestones": list(budget.milestones)}}
         save_trainable(model, path, metadata=metadata)
         return stats | {"trainable": trainable(model), "checkpoint": str(path.relative_to(REPO))
@@ -175,10 +179,24 @@ def run_speed(ctx: Context) -> None:
 {section(args.data_root.resolve(), ctx.work / 'speed', quick=args.quick)}
 """
     write_section(args.out, "speed", body)
+    run_memory(ctx)
     cache = measure(args.data_root.resolve() / "mri_abdomen_chaos_t2", samples_per_volume=4 if args.quick else 8,
                     max_volumes=2 if args.quick else 6, seed=args.seed)
     write_section(args.out, "cache", cache)
     log(f"speed written to {args.out}")
+
+
+def run_memory(ctx: Context) -> None:
+    from speed import memory_section
+
+    args = ctx.args
+    body = f"""## Memory
+
+{provenance()}
+
+{memory_section(args.data_root.resolve(), ctx.work / 'speed', quick=args.quick)}
+"""
+    write_section(args.out, "memory", body)
 
 
 def run_ablations(ctx: Context) -> None:
@@ -187,7 +205,7 @@ def run_ablations(ctx: Context) -> None:
     models = {}
     for variant in ABLATIONS:
         model = make_model(variant, ctx.num_classes)
-        stats = ctx.train(variant, model, budget_for(variant, ctx.budget))
+        stats = ctx.train(variant, model, budget_for(variant, ctx.budget), subdir="models/ablations")
         summaries[variant.name] = evaluate(model, ctx.datalists, {}, shared_cache(ctx.work, model),
                                            ctx.work / "eval" / "ablations" / variant.name, seed=args.seed, log=log)
         rows.append((variant, stats))
@@ -211,7 +229,8 @@ def run_ablations(ctx: Context) -> None:
     body = f"""## Ablations
 
 {provenance(args.seed)}
-- each configuration trained from the same seed on the same data as the main table: {ctx.budget_text(ctx.budget)}
+- each configuration trained from the same seed on the same data as the main table, at a fifth of its
+  budget: {ctx.budget_text(ctx.budget)} (learning rate as named)
 - per dataset: mean Dice over cases, tight / ±10% boxes; prompt-free only where the configuration has PPT
 
 {chr(10).join(lines)}
@@ -222,7 +241,7 @@ def run_ablations(ctx: Context) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("main", "ablations", "speed"))
+    parser.add_argument("what", choices=("main", "ablations", "speed", "memory"))
     parser.add_argument("--quick", action="store_true", help="a few cases and steps; writes BENCHMARKS.quick.md")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks")
@@ -240,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     ctx = Context(args)
-    {"main": run_main, "ablations": run_ablations, "speed": run_speed}[args.what](ctx)
+    {"main": run_main, "ablations": run_ablations, "speed": run_speed, "memory": run_memory}[args.what](ctx)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

@@ -188,7 +188,9 @@ class BundleInference:
     def _sidecar(self, restored: torch.Tensor, affine: np.ndarray) -> dict[str, Any]:
         spatial = np.asarray(affine)[: restored.ndim - 1, : restored.ndim - 1]
         voxel_ml = abs(float(np.linalg.det(spatial))) / 1000.0 if restored.ndim == 4 else None
-        counts = {c: int((restored == c).sum()) for c in self.labels}
+        labels = restored.as_tensor().numpy()
+        # numpy's count of a uint8 comparison: torch's sum of a bool tensor makes an int64 copy (600 MB at 512^2 x 300)
+        counts = {c: int(np.count_nonzero(labels == c)) for c in self.labels}
         return {
             "labels": {str(c): name for c, name in self.labels.items()},
             "volume_ml": {name: (counts[c] * voxel_ml if voxel_ml is not None else None)
