@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -26,12 +27,15 @@ from tqdm import tqdm
 from segmote_monai.atomic import atomic_path
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.datalist import Datalist
+from segmote_monai.errors import InputFileError
 from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
 from segmote_monai.metrics import dice_per_class
 from segmote_monai.networks.decoder import MoTEMaskDecoder
 from segmote_monai.networks.segmote import SegMoTE
 
 __all__ = ["BundleEvaluation", "bootstrap_interval", "zero_shot_like"]
+
+logger = logging.getLogger(__name__)
 
 
 def zero_shot_like(model: SegMoTE) -> SegMoTE:
@@ -125,6 +129,10 @@ class BundleEvaluation:
         for index, item in enumerate(tqdm(items[rank::world], desc="evaluating", unit="volume", disable=rank > 0)):
             case = self.load(item)
             name = str(item.get("patient", index * world + rank))
+            if not case["label"].any():
+                logger.warning("'%s' item %d has an empty label: nothing to prompt or score, left out", self.section,
+                               index * world + rank)
+                continue
             settings = [(f"box_jitter_{j:g}" if j else "box_tight", prompts_from_label(
                 case["label"], classes, jitter=j, seed=self.seed)) for j in self.jitters]
             for setting, prompts in settings:
@@ -138,6 +146,9 @@ class BundleEvaluation:
             gathered: list[Any] = [None] * world
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
+        if not rows:
+            raise InputFileError(self.datalist.path,
+                                 f"every '{self.section}' item has an empty label: nothing to score")
         summary = self._summarise(rows)
         if rank == 0:
             self._write(rows, summary)

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segmote_monai.atomic import atomic_path
-from segmote_monai.data.readers import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES
+from segmote_monai.data.readers import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_2d_path
 from segmote_monai.data.slicing import volume_to_slices
 from segmote_monai.errors import InputFileError
 from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
@@ -94,6 +94,9 @@ def boxes_to_slice_prompts(spec: dict, image: torch.Tensor, source: Path) -> lis
             raise InputFileError(source, f"box {n}: needs 'label' (int) and 'box' (numbers) ({exc})") from exc
         if space not in ("voxel", "world"):
             raise InputFileError(source, f"box {n}: 'space' must be 'voxel' or 'world', got {space!r}")
+        half = len(box) // 2
+        if len(box) in (4, 6) and any(hi < lo for lo, hi in zip(box[:half], box[half:])):
+            raise InputFileError(source, f"box {n}: {box} has an end before its start (x1 < x0, y1 < y0 or z1 < z0)")
         if image.ndim == 3:
             if len(box) != 4 or space != "voxel":
                 raise InputFileError(source, f"box {n}: a 2D image takes [x0, y0, x1, y1] in pixels")
@@ -202,10 +205,23 @@ class BundleInference:
             "versions": _versions(),
         }
 
+    def _targets(self, path: Path) -> tuple[Path, Path]:
+        """The label map and sidecar written for input ``path``."""
+        stem = path.name.split(".")[0] if path.is_file() else path.name
+        suffix = ".png" if is_2d_path(path) else ".nii.gz"
+        return self.output_dir / f"{stem}_seg{suffix}", self.output_dir / f"{stem}_seg.json"
+
     def run(self) -> list[Path]:
         cases = list_cases(self.input)
         if len(cases) > 1 and (self.roi or self.boxes):
             raise ValueError(f"{self.input}: {len(cases)} cases but one --roi/--boxes; run them one at a time")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise InputFileError(self.output_dir, "output_dir is an existing file, not a folder")
+        inputs = {p.resolve() for p in (*cases, self.roi, self.boxes, self.checkpoint) if p is not None}
+        for path in cases:
+            for target in self._targets(path):
+                if target.resolve() in inputs:
+                    raise InputFileError(target, "an output would overwrite an input file; choose another output_dir")
         written = []
         for path in tqdm(cases, desc="segmenting", unit="case", disable=not self.progress):
             data = self.load({"image": str(path), **({"label": str(self.roi)} if self.roi else {})})
@@ -213,19 +229,15 @@ class BundleInference:
                                   prompt_free_class=min(self.labels))
             restored = self.postprocess({"image": data["image"], "pred": pred})["pred"]
             affine = restored.affine.numpy()
-            stem = path.name.split(".")[0] if path.is_file() else path.name
-            target = self.output_dir / f"{stem}_seg.nii.gz"
-            if target.resolve() == path.resolve():
-                raise InputFileError(path, "output path equals the input path")
+            target, sidecar = self._targets(path)
             array = restored[0].numpy().astype(np.uint8 if max(self.labels) < 256 else np.int32)
-            if restored.ndim == 3:  # a 2D image gets a 2D label image
-                target = target.with_name(f"{stem}_seg.png")
+            if target.suffix == ".png":  # a 2D image gets a 2D label image
                 with atomic_path(target) as tmp:
                     Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
             else:
                 with atomic_path(target) as tmp:
                     nib.save(nib.Nifti1Image(array, affine), tmp)
-            with atomic_path(self.output_dir / f"{stem}_seg.json") as tmp:
+            with atomic_path(sidecar) as tmp:
                 tmp.write_text(json.dumps(self._sidecar(restored, affine), indent=1) + "\n")
             written.append(target)
         return written

@@ -3,11 +3,15 @@
 Volumes (NIfTI, a DICOM series folder, NRRD, MHA/MHD) come back as channel-first MetaTensors
 ``[C, X, Y, Z]`` with their world affine (RAS, MONAI's convention); 2D images (PNG, JPEG, TIFF, BMP) as
 ``[C, H, W]`` in display order (rows first), with their original dtype so that 8- and 16-bit images can be
-scaled correctly. RGBA loses its alpha channel.
+scaled correctly. RGBA loses its alpha channel (with a warning).
+
+Refused, each with an :class:`InputFileError` naming the file: a missing, truncated or foreign file, an empty
+folder, a folder holding more than one DICOM series, a 4D array, NaN or infinite values.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from nibabel.filebasedimages import ImageFileError
 from segmote_monai.errors import InputFileError
 
 __all__ = ["IMAGE_2D_SUFFIXES", "VOLUME_SUFFIXES", "is_2d_path", "load_image"]
+
+logger = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -62,8 +68,8 @@ def load_image(path: str | os.PathLike) -> MetaTensor:
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "no such file or folder")
-    if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
-        raise InputFileError(path, "empty folder: no DICOM files")
+    if path.is_dir():
+        _check_one_series(path)
     reader = _reader(path)
     try:
         data, meta = reader.get_data(reader.read(str(path)))
@@ -71,7 +77,14 @@ def load_image(path: str | os.PathLike) -> MetaTensor:
         detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise InputFileError(path, f"cannot be read as an image ({detail})") from exc
     data = np.asarray(data)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise InputFileError(path, f"{bad} of {data.size} values are NaN or infinite")
     if isinstance(reader, PILReader):
+        if data.ndim == 3 and data.shape[-1] == 4:
+            # the file name stays out of logs above debug level (it may carry a patient's name)
+            logger.warning("an RGBA image was converted to RGB: its alpha channel is dropped")
+            logger.debug("RGBA image converted to RGB: %s", path)
         # PIL gives [H, W] or [H, W, C]; channel-first, alpha dropped (the mask or background of the photo).
         data = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)[:3]
         affine = torch.eye(4, dtype=torch.float64)
@@ -85,3 +98,19 @@ def load_image(path: str | os.PathLike) -> MetaTensor:
     meta = {"affine": affine, "filename_or_obj": str(path), "original_dtype": str(data.dtype),
             "space": "RAS", "original_channel_dim": 0}
     return MetaTensor(torch.from_numpy(np.require(data, requirements=["C", "W"])), meta=meta)
+
+
+def _check_one_series(folder: Path) -> None:
+    """An empty folder, or one mixing DICOM series (ITK would silently read only the first), is refused."""
+    if not any(p.is_file() for p in folder.iterdir()):
+        raise InputFileError(folder, "empty folder: no DICOM files")
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(False)  # one series = one SeriesInstanceUID
+    names.SetDirectory(str(folder))
+    series = list(names.GetSeriesUIDs())
+    if not series:
+        raise InputFileError(folder, "no DICOM series found in this folder")
+    if len(series) > 1:
+        raise InputFileError(folder, f"holds {len(series)} DICOM series; give a folder with exactly one series")

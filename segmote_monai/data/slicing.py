@@ -86,5 +86,7 @@ def restore_grid(prediction: torch.Tensor, oriented_reference: MetaTensor) -> Me
         nib.orientations.io_orientation(np.asarray(read_affine, dtype=np.float64)),
     )
     channel_last = nib.orientations.apply_orientation(prediction.permute(1, 2, 3, 0).numpy(), ornt)
-    restored = torch.from_numpy(np.ascontiguousarray(np.moveaxis(channel_last, -1, 0)))
+    # a copy, not ascontiguousarray: numpy calls an array with a size-1 axis contiguous even when that axis has
+    # a negative stride (a flip), which torch refuses
+    restored = torch.from_numpy(np.moveaxis(channel_last, -1, 0).copy())
     return MetaTensor(restored, affine=read_affine.clone())

@@ -2,6 +2,7 @@ from segmote_monai.handlers.checkpoint import TrainableCheckpointSaver
 from segmote_monai.handlers.class_dice import ClassDiceMetrics
 from segmote_monai.handlers.mlflow_extras import MLflowExtras
 from segmote_monai.handlers.ppt_schedule import PPTCarrierSchedule, carrier_probability
+from segmote_monai.handlers.resume import TrainingResume
 from segmote_monai.handlers.routing_stats import RoutingStatistics
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "PPTCarrierSchedule",
     "RoutingStatistics",
     "TrainableCheckpointSaver",
+    "TrainingResume",
     "carrier_probability",
 ]

@@ -163,6 +163,9 @@ def _build_sam(variant: str, checkpoint: str | Path | None, random_weights: bool
             f"backbone '{name}' needs a checkpoint path (sam_checkpoint); random weights only with "
             "random_weights=True"
         )
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputFileError(checkpoint, f"no such file: the {name} checkpoint (bundle/large_files.yml lists where to "
+                             "download it: python -m monai.bundle download_large_files)")
     sam = sam_model_registry[variant](checkpoint=None)
     if not random_weights:
         _load_strict(sam, Path(checkpoint), name)

@@ -20,7 +20,7 @@ from segmote_monai.errors import CheckpointMismatchError, InputFileError
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.networks.weights_file import load_weights_file
 
-__all__ = ["load_trainable", "save_trainable", "trainable_state_dict"]
+__all__ = ["load_trainable", "load_trainable_payload", "save_trainable", "trainable_payload", "trainable_state_dict"]
 
 FORMAT = "segmote-monai-trainable"
 VERSION = 1
@@ -34,6 +34,22 @@ def trainable_state_dict(model: SegMoTE) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)}
 
 
+def trainable_payload(model: SegMoTE, *, half: bool = False, metadata: dict | None = None) -> dict:
+    """What :func:`save_trainable` writes: the trainable weights with the backbone's identity and the options."""
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in trainable_state_dict(model).items()
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "backbone": {"name": model.backbone_name, "weights_sha256": model.backbone_sha256},
+        "config": model.config(),
+        "metadata": dict(metadata or {}),
+        "state_dict": state,
+    }
+
+
 def save_trainable(model: SegMoTE, path: str | os.PathLike, *, half: bool = False,
                    metadata: dict | None = None) -> Path:
     """Writes the trainable part of ``model`` to ``path`` atomically (temporary file, then rename).
@@ -42,20 +58,8 @@ def save_trainable(model: SegMoTE, path: str | os.PathLike, *, half: bool = Fals
     JSON-like values) travels with the weights: label names and task type, so inference needs no datalist.
     """
     path = Path(path)
-    state = {
-        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
-        for k, v in trainable_state_dict(model).items()
-    }
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "backbone": {"name": model.backbone_name, "weights_sha256": model.backbone_sha256},
-        "config": model.config(),
-        "metadata": dict(metadata or {}),
-        "state_dict": state,
-    }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch.save(trainable_payload(model, half=half, metadata=metadata), tmp)
     return path
 
 
@@ -76,7 +80,11 @@ def load_trainable(model: SegMoTE, path: str | os.PathLike) -> SegMoTE:
     Raises :class:`CheckpointMismatchError` when it was trained on another backbone (name or weights) or
     with other options, and names what differs.
     """
-    payload = read_trainable(path)
+    return load_trainable_payload(model, read_trainable(path), path)
+
+
+def load_trainable_payload(model: SegMoTE, payload: dict, path: str | os.PathLike) -> SegMoTE:
+    """:func:`load_trainable` on an already read payload (``path`` names it in errors)."""
     saved = payload["backbone"]
     if (saved["name"], saved["weights_sha256"]) != (model.backbone_name, model.backbone_sha256):
         raise CheckpointMismatchError(

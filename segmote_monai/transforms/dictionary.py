@@ -52,6 +52,9 @@ class LoadPaird(MapTransform):
         slice_axis: ``axial`` (default), ``coronal`` or ``sagittal``.
         label_values: the values a label may hold (with background 0), or
         mask_threshold: binarise masks stored as 0/255 or JPEG (foreground = grey value > threshold).
+        require_foreground: refuse a label with no foreground (training, where it would give no prompt).
+
+    An image whose every voxel has one value is refused (nothing can be segmented in it).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class LoadPaird(MapTransform):
         slice_axis: str = "axial",
         label_values: Sequence[int] | None = None,
         mask_threshold: float | None = None,
+        require_foreground: bool = False,
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -71,6 +75,7 @@ class LoadPaird(MapTransform):
         self.slice_axis = slice_axis
         self.label_values = None if label_values is None else sorted({0, *map(int, label_values)})
         self.mask_threshold = mask_threshold
+        self.require_foreground = require_foreground
 
     def _label(self, path: Any) -> torch.Tensor:
         label = load_image(path)
@@ -89,10 +94,16 @@ class LoadPaird(MapTransform):
         d = dict(data)
         image_key, label_key = self.keys
         image = orient_for_slicing(load_image(d[image_key]), self.slice_axis)
+        voxels = image.as_tensor().numpy()  # numpy: torch has no min/max for uint16 images
+        if voxels.min() == voxels.max():
+            raise InputFileError(d[image_key], f"every voxel has the value {voxels.flat[0]:g}: nothing to segment")
         d[image_key] = image
         if label_key in d and d[label_key] is not None:
             label = orient_for_slicing(self._label(d[label_key]), self.slice_axis)
             check_pair(image, label)
+            if self.require_foreground and not label.any():
+                raise InputFileError(d[label_key], "the label is empty (no foreground voxel): label the case or "
+                                     "leave it out of training")
             d[label_key] = label
         elif not self.allow_missing_keys:
             raise KeyError(f"missing key {label_key!r}")
