@@ -45,7 +45,7 @@ def test_3d_box_lands_on_the_slices_and_pixels_it_covers(volume, space):
 
 def test_2d_box_on_a_2d_image():
     image = torch.zeros(3, 20, 30)
-    (boxes, classes), = boxes_to_slice_prompts({"boxes": [{"label": 1, "box": [25, 15, 3, 2]}]}, image, "b.json")
+    (boxes, classes), = boxes_to_slice_prompts({"boxes": [{"label": 1, "box": [3, 2, 25, 15]}]}, image, "b.json")
     assert boxes.tolist() == [[3, 2, 25, 15]] and classes.tolist() == [1]
 
 
@@ -57,6 +57,7 @@ def test_2d_box_on_a_2d_image():
         ({"boxes": [{"label": 1, "box": [1, 2, 3, 4]}]}, r"a volume takes \[i0, j0, k0, i1, j1, k1\], got 4 values"),
         ({"boxes": [{"label": 1, "box": [1, 2, 3, 4, 5, 6], "space": "mm"}]}, "'space' must be 'voxel' or 'world'"),
         ({"boxes": [{"label": 1, "box": [100, 100, 1, 200, 200, 2]}]}, "box 0 lies outside the image"),
+        ({"boxes": [{"label": 1, "box": [5, 2, 1, 3, 4, 2]}]}, "box 0: .* has an end before its start"),
     ],
 )
 def test_bad_boxes_name_the_file(volume, spec, message):

@@ -129,7 +129,8 @@ def test_script_reports_every_bad_pair_and_writes_nothing(tmp_path, monkeypatch,
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     for name, label_shape, value in (("good", (8, 8, 4), 1), ("values", (8, 8, 4), 7), ("shape", (8, 8, 5), 1)):
-        nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), tmp_path / "images" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(np.arange(256, dtype=np.int16).reshape(8, 8, 4), np.eye(4)),
+                 tmp_path / "images" / f"{name}.nii.gz")
         label = np.zeros(label_shape, np.uint8)
         label[2:4, 2:4, 1] = value
         nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "labels" / f"{name}.nii.gz")

@@ -28,7 +28,7 @@ def test_sam_needs_a_checkpoint_unless_random():
 
 def test_missing_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "sam_vit_b_01ec64.pth"
-    with pytest.raises(FileNotFoundError, match=rf"{path}: checkpoint for backbone 'sam_vit_b' not found"):
+    with pytest.raises(InputFileError, match=rf"{path}: no such file: the sam_vit_b checkpoint \(bundle/large_files.yml"):
         build_backbone("sam_vit_b", checkpoint=path)
 
 

@@ -51,7 +51,7 @@ def test_mismatched_geometry_names_the_label(tmp_path):
 
 
 def test_mask_threshold_for_rgb_jpeg_like_masks(tmp_path):
-    Image.fromarray(np.full((10, 12, 3), 90, np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(tmp_path / "img.png")
     mask = np.zeros((10, 12, 3), np.uint8)
     mask[2:5, 3:8] = 250
     mask[6, 6] = 100  # JPEG noise below the threshold
