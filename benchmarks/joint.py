@@ -65,7 +65,7 @@ class SliceBank:
                 for start in range(0, len(keep), batch_size):
                     chunk = keep[start: start + batch_size]
                     inputs = torch.stack([segmenter.preprocess(images[i]) for i in chunk])
-                    embedded = segmenter._embed(inputs).cpu().half()
+                    embedded = segmenter.embed(inputs).cpu().half()
                     for j, i in enumerate(chunk):
                         bank.embeddings.append(embedded[j])
                         bank.labels.append(torch.as_tensor(resize(labels[i].float()))[0].round().to(torch.uint8))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from segmote_monai.atomic import atomic_path
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.datalist import Datalist
+from segmote_monai.distributed import rank_and_world
 from segmote_monai.errors import InputFileError
 from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
 from segmote_monai.metrics import dice_per_class
@@ -104,7 +105,7 @@ class BundleEvaluation:
         if baselines is not None and "segmote" in baselines:
             raise ValueError(f"'segmote' names the evaluated network; baselines need other names, got "
                              f"{list(baselines)}")
-        self.baselines = dict(baselines) if baselines is not None else None
+        self.baselines = dict(baselines) if baselines is not None else {"zero_shot": zero_shot_like(network)}
         binary = datalist.task == "binary"
         if prompt_free and not (binary and network.ppt is not None):
             raise ValueError(f"prompt-free evaluation needs a binary task and PPT; task is {datalist.task!r}, "
@@ -120,10 +121,8 @@ class BundleEvaluation:
         items = self.datalist.items(self.section)
         if not items:
             raise ValueError(f"{self.datalist.path}: no '{self.section}' items to evaluate")
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-        baselines = self.baselines if self.baselines is not None else {"zero_shot": zero_shot_like(self.network)}
-        models = {"segmote": self.network.eval(), **{k: m.eval() for k, m in baselines.items()}}
+        rank, world = rank_and_world()
+        models = {"segmote": self.network.eval(), **{k: m.eval() for k, m in self.baselines.items()}}
         classes = self.datalist.classes
         rows = []
         for index, item in enumerate(tqdm(items[rank::world], desc="evaluating", unit="volume", disable=rank > 0)):

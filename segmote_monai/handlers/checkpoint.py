@@ -8,6 +8,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from segmote_monai.distributed import rank_and_world
 from segmote_monai.engines.step import unwrap
 from segmote_monai.networks.checkpoint import save_trainable
 
@@ -27,11 +28,6 @@ class TrainableCheckpointSaver:
         self.half = half
         self.best: float | None = None
 
-    def _rank0(self) -> bool:
-        import torch.distributed as dist
-
-        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
     def attach(self, engine: Engine) -> None:
         from monai.engines import Evaluator
 
@@ -39,7 +35,7 @@ class TrainableCheckpointSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, handler)
 
     def save_latest(self, engine: Engine) -> None:
-        if self._rank0():
+        if rank_and_world()[0] == 0:
             save_trainable(unwrap(self.network), self.save_dir / "segmote_latest.pt", half=self.half,
                            metadata=self.metadata)
 
@@ -48,6 +44,6 @@ class TrainableCheckpointSaver:
         if value is None or (self.best is not None and value <= self.best):
             return
         self.best = float(value)
-        if self._rank0():
+        if rank_and_world()[0] == 0:
             save_trainable(unwrap(self.network), self.save_dir / "segmote_best.pt", half=self.half,
                            metadata=self.metadata)

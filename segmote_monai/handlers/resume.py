@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from segmote_monai.atomic import atomic_path
+from segmote_monai.distributed import rank_and_world
 from segmote_monai.engines.step import unwrap
 from segmote_monai.errors import InputFileError
 from segmote_monai.networks.checkpoint import load_trainable_payload, trainable_payload
@@ -72,9 +73,7 @@ class TrainingResume:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 
     def save(self, engine: Engine) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if rank_and_world()[0] != 0:
             return
         payload = {
             "format": FORMAT,

@@ -67,7 +67,8 @@ class SliceSegmenter:
             return torch.cat([self.model.embed_images(inputs[i: i + 1]) for i in range(len(inputs))])
         return self.model.embed_images(inputs)
 
-    def _embed(self, inputs: torch.Tensor) -> torch.Tensor:
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] network inputs -> [B, D, h, w] frozen-encoder output, through the cache when given."""
         if self.cache is None:
             return self._encode(inputs)
         device = next(self.model.decoder.parameters()).device
@@ -104,7 +105,7 @@ class SliceSegmenter:
         largest = max([prompt_free_class] + [int(c.max()) for _, c in prompts or [] if len(c)])
         labels = torch.zeros(len(slices), 1, *hw, dtype=torch.uint8 if largest < 256 else torch.int32)
         for batch in self._batches(len(slices), prompts):
-            embeddings = self._embed(torch.stack([self.preprocess(slices[i]) for i in batch]))
+            embeddings = self.embed(torch.stack([self.preprocess(slices[i]) for i in batch]))
             if prompts is None:
                 logits = self._unresize(self.model.predict(image_embeddings=embeddings).masks.cpu(), hw)
                 labels[batch] = (logits > 0).to(labels.dtype) * prompt_free_class
