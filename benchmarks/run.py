@@ -1,54 +1,76 @@
-"""The benchmarks: measured tables for BENCHMARKS.md, each with the machine, commit, command and seed.
+"""The benchmarks: measured tables for BENCHMARKS.md, each with the machine, commit, command and seeds.
 
-    python benchmarks/run.py main        # accuracy, routing, speed and memory (under 2 h on a 2-core CPU)
-    python benchmarks/run.py ablations   # no PPT, lambda 0, 1/4/8 experts, top1, unfrozen decoder
-    python benchmarks/run.py speed       # the speed, memory and cache sections alone
+    python benchmarks/run.py main        # 3 seeds x (SegMoTE, no-MoTE control, fine-tuned decoder) + zero-shot:
+                                         # in-domain test splits, TotalSegmentator CT/MR, routing (< 2 h, 2 CPUs)
+    python benchmarks/run.py loo         # leave one dataset out (ACDC, Kvasir): what each keeps outside its data
+    python benchmarks/run.py ablations   # one factor at a time at the main budget, one seed
+    python benchmarks/run.py speed       # speed, memory and cache sections
     python benchmarks/run.py memory      # the peak-memory section alone
     python benchmarks/run.py main --quick  # every step on a few cases, a few minutes (writes elsewhere)
 
-Data: the committed patient-level splits in ``benchmarks/splits/`` over ``--data-root`` (default
-``../shared/data`` beside the repository). All configurations share one embedding cache under
-``--work-dir`` (default ``runs/benchmarks``), so the frozen encoder runs once per slice across runs.
+Every model is trained by the bundle itself (``python -m monai.bundle run training`` on the datalists of the
+committed splits, see ``training.py``) and evaluated by the bundle's evaluation app on the test splits
+(``benchmarks/splits/``) over ``--data-root`` (default ``../shared/data``). All runs share one embedding cache
+under ``--work-dir`` (default ``runs/benchmarks``), so the frozen encoder runs once per slice; a finished
+training run is not repeated when the command is run again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 from accuracy import (
-    ABLATIONS,
-    DATASETS,
-    Variant,
-    budget_for,
-    class_rows,
-    dataset_means,
+    SETTING_NAMES,
+    Results,
+    RoutingRecorder,
+    cell,
     evaluate,
-    load_splits,
-    main_tables,
-    make_model,
-    routing_heatmap,
-    routing_table,
+    load_model,
+    routing_tables,
     shared_cache,
-    targets,
+    token_cosine,
+    zero_shot_model,
 )
+from benchmark_data import DATASETS, load_splits, totalseg_datalists
 from common import REPO, provenance, write_section
-from joint import SliceBank, TrainingBudget, train_joint
+from training import RECIPES, Budget, Recipe, train
 
-from segmote_monai.apps.evaluation import zero_shot_like
-from segmote_monai.networks import build_segmote, save_trainable
+from segmote_monai.data.datalist import Datalist
+from segmote_monai.visualize import routing_heatmap
+
+MAIN_MODELS = ("zero_shot", "finetuned_decoder", "tokens_no_mote", "segmote")
+MODEL_NAMES = {"zero_shot": "zero-shot", "finetuned_decoder": "fine-tuned decoder", "tokens_no_mote": "no MoTE",
+               "segmote": "SegMoTE"}
+LOO_FOLDS = ("acdc", "kvasir")  # one MR and one RGB set left out
+ABLATIONS = (
+    Recipe("shared_attention", {"expert_attention": "shared"}, "expert tokens in SAM's sequence (the paper's layout)"),
+    Recipe("routed_head", {"mask_head": "routed"}, "the routed token alone makes the mask (the paper's head)"),
+    Recipe("first_token_init", {"token_init": "sam_first_token"}, "every expert token from SAM's first mask token"),
+    Recipe("norm4", {"mote_norm": "norm4"}, "MoTE LayerNorms from the blocks' image-key norm (norm4)"),
+    Recipe("noise_0.7", {"router_noise_std": 0.7}, "router noise at Shazeer's default scale (0.7)"),
+    Recipe("ppt_beside_boxes", {"ppt_beside_prompts": True}, "PPT tokens beside the box on binary sets"),
+    Recipe("lambda_0", {"lambda_balance": 0.0}, "no load-balance loss"),
+    Recipe("experts_1", {"num_experts": 1, "top_k": 1}, "1 expert"),
+    Recipe("top1", {"combine": "top1"}, "combine top1 (the paper's literal text)"),
+    Recipe("experts_write_image", {"experts_write_image": True}, "the image also attends to the expert tokens "
+                                                                 "(zero-initialised write-back)"),
+    Recipe("trainable_reader", {"trainable_reader": True}, "the expert tokens read the blocks through their own "
+                                                           "(trainable) copies of SAM's attention"),
+    Recipe("lr_1e-4", {"learning_rate": 1e-4}, "learning rate 1e-4"),
+    Recipe("finetuned_decoder_lr_1e-4", {**RECIPES["finetuned_decoder"].overrides, "learning_rate": 1e-4},
+           "the fine-tuned decoder at learning rate 1e-4 (the baseline at its own best rate)"),
+)
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 class Context:
@@ -56,114 +78,274 @@ class Context:
         self.args = args
         self.work = args.work_dir.resolve()
         self.work.mkdir(parents=True, exist_ok=True)
-        limit = 1 if args.quick else None
-        self.datalists = load_splits(args.data_root.resolve(), self.work, DATASETS, max_test_cases=limit)
-        self.num_classes = 1 + sum(max(d.classes) for d in self.datalists.values())
-        # ablations: 8 configurations at a fifth of the main budget each, to fit in about an hour on 2 CPU cores
-        default = ({"epochs": 3, "steps_per_epoch": 8} if args.quick else
-                   {"epochs": 15, "steps_per_epoch": 10} if args.what == "ablations" else
-                   {"epochs": 15, "steps_per_epoch": 50})
-        self.budget = TrainingBudget(epochs=args.epochs or default["epochs"],
-                                     steps_per_epoch=args.steps_per_epoch or default["steps_per_epoch"])
-        self._bank: SliceBank | None = None
+        quick = args.quick
+        self.datalists = load_splits(args.data_root.resolve(), self.work, DATASETS,
+                                     max_test_cases=1 if quick else None, max_training_cases=3 if quick else None)
+        self.ood = totalseg_datalists(args.data_root.resolve(), self.work)
+        self.budget = Budget(epochs=args.epochs or (2 if quick else 10),
+                             samples_per_epoch=args.samples_per_epoch or (20 if quick else 300),
+                             learning_rate=args.learning_rate, lr_milestones=(7,) if quick else (6, 9))
+        self.seeds = list(range(args.seeds or (1 if quick else 3)))
+        self.cache = shared_cache(self.work, zero_shot_model())
 
-    def bank(self, model) -> SliceBank:
-        if self._bank is None:
-            start = time.perf_counter()
-            quick = self.args.quick
-            self._bank = SliceBank.build(model, list(self.datalists.values()), backbone="lite_medsam",
-                                         cache=shared_cache(self.work, model), max_cases=3 if quick else None,
-                                         max_slices_per_case=3 if quick else None)
-            counts = {n: self._bank.dataset.count(i) for i, n in enumerate(self.datalists)}
-            log(f"training slices {counts} embedded or read in {time.perf_counter() - start:.0f} s")
-        return self._bank
+    def paths(self, names: Sequence[str]) -> list[Path]:
+        return [self.datalists[n].path for n in names]
 
-    def train(self, variant: Variant, model, budget: TrainingBudget, subdir: str = "models") -> dict:
-        log(f"training {variant.name}: {trainable(model):,} trainable parameters, {budget.epochs} epochs x "
-            f"{budget.steps_per_epoch} steps x batch {budget.batch_size}")
-        stats = train_joint(model, self.bank(model), budget, seed=self.args.seed, log=log)
-        path = self.work / subdir / f"{variant.name}.pt"
-        metadata = {"datasets": list(self.datalists), "budget": vars(budget) | {"milestones": list(budget.milestones)}}
-        save_trainable(model, path, metadata=metadata)
-        return stats | {"trainable": trainable(model), "checkpoint": str(path.relative_to(REPO))
-                        if path.is_relative_to(REPO) else str(path)}
-
-    def budget_text(self, budget: TrainingBudget) -> str:
-        return (f"{budget.epochs} epochs x {budget.steps_per_epoch} steps x batch {budget.batch_size} "
-                f"({budget.epochs * budget.steps_per_epoch * budget.batch_size} samples), Adam lr "
-                f"{budget.learning_rate:g} halved at {', '.join(f'{m:.0%}' for m in budget.milestones)} of training, "
-                f"boxes jittered by up to {budget.box_jitter:.0%} per side, lambda {budget.lambda_balance:g}, "
-                f"PPT carrier probability 1 -> 0 over the first {budget.ppt_decay_fraction:.0%}")
+    def titles(self) -> dict[str, str]:
+        return {n: d.name for n, d in {**self.datalists, **self.ood}.items()}
 
 
-def data_text(ctx: Context) -> str:
-    rows = ["| dataset | modality | task | training | validation | test (cases) |", "|---|---|---|---:|---:|---:|"]
-    for d in ctx.datalists.values():
-        rows.append(f"| {d.name} | {d.modality} | {d.task} | {len(d.items('training'))} | "
-                    f"{len(d.items('validation'))} | {len(d.items('test'))} "
-                    f"({len({i['patient'] for i in d.items('test')})}) |")
-    return "\n".join(rows)
+def table(results: Results, datalists: Mapping[str, Datalist], models: Sequence[str], *, scoring: str = "own_mask",
+          ci: bool = False) -> str:
+    columns = [(s, m) for s in ("box_tight", "box_jitter_0.1") for m in models] + [("prompt_free", "segmote")]
+    header = ("| dataset | " + " | ".join(f"{MODEL_NAMES[m]} {SETTING_NAMES[s]}" for s, m in columns) + " |")
+    lines = [header, "|---|" + "---:|" * len(columns)]
+    means: dict[tuple, list[float]] = {c: [] for c in columns}
+    for name, datalist in datalists.items():
+        row = []
+        for s, m in columns:
+            entry = results.dataset(m, name, s, scoring)
+            row.append(cell(entry, ci=ci))
+            if entry is not None:
+                means[(s, m)].append(entry["mean"])
+        lines.append(f"| {datalist.name} | " + " | ".join(row) + " |")
+    lines.append("| **mean over datasets** | " + " | ".join(
+        (f"{np.mean(v):.3f}" + (f" ({len(v)} sets)" if len(v) != len(datalists) else "")) if v else "-"
+        for v in means.values()) + " |")
+    return "\n".join(lines)
+
+
+def class_table(results: Results, datalists: Mapping[str, Datalist], models: Sequence[str]) -> str:
+    columns = [(s, m, sc) for sc in ("own_mask", "label_map") for s in ("box_tight", "box_jitter_0.1") for m in models]
+    names = [f"{MODEL_NAMES[m]} {SETTING_NAMES[s]}" + (" (label map)" if sc == "label_map" else "")
+             for s, m, sc in columns]
+    header = "| dataset | class | " + " | ".join(names) + " |"
+    lines = [header, "|---|---|" + "---:|" * len(columns)]
+    for name, datalist in datalists.items():
+        per = {(s, m, sc): results.classes(m, name, s, sc) for s, m, sc in columns}
+        for c in datalist.classes:
+            label = datalist.labels[c]
+            lines.append(f"| {datalist.name} | {label} | " + " | ".join(
+                f"{per[k][label]:.3f}" if label in per[k] else "-" for k in columns) + " |")
+    return "\n".join(lines)
 
 
 def run_main(ctx: Context) -> None:
-    args, out = ctx.args, ctx.args.out
-    variant = ABLATIONS[0]
-    segmote = make_model(variant, ctx.num_classes)
-    seg_stats = ctx.train(variant, segmote, ctx.budget)
-    finetuned = build_segmote("lite_medsam", num_expert_tokens=0, num_ppt_queries=0, train_decoder=True)
-    ft_stats = ctx.train(Variant("finetuned_decoder", {}), finetuned, ctx.budget)
-    from accuracy import RoutingRecorder
+    args = ctx.args
+    results = Results()
+    everything = {**ctx.datalists, **ctx.ood}
+    log("evaluating the frozen backbone (zero-shot)")
+    results.add("zero_shot", 0, evaluate(zero_shot_model(), everything, ctx.cache, ctx.work / "eval" / "zero_shot",
+                                         seed=0, log=log))
+    stats: dict[str, list[dict]] = {}
+    recorder, routed_model = None, None
+    for seed in ctx.seeds:
+        for name in ("segmote", "tokens_no_mote", "finetuned_decoder"):
+            run = train(RECIPES[name], ctx.paths(DATASETS), budget=ctx.budget, seed=seed,
+                        out_dir=ctx.work / "runs" / f"{name}_seed{seed}", cache_dir=ctx.work / "cache", log=log)
+            stats.setdefault(name, []).append(run)
+            model = load_model(run["checkpoint"])
+            if name == "segmote" and seed == ctx.seeds[0]:
+                recorder, routed_model = RoutingRecorder(model), model
+            log(f"evaluating {name} seed {seed}")
+            results.add(name, seed, evaluate(model, everything, ctx.cache, ctx.work / "eval" / f"{name}_seed{seed}",
+                                             seed=0, recorder=recorder if model is routed_model else None, log=log))
+    (ctx.work / "eval" / "main_results.json").write_text(json.dumps(results.summaries, indent=1, default=str))
 
-    recorder = RoutingRecorder(segmote)
-    summaries = evaluate(segmote, ctx.datalists, {"zero_shot": zero_shot_like(segmote), "finetuned_decoder": finetuned},
-                         shared_cache(ctx.work, segmote), ctx.work / "eval" / "main", seed=args.seed,
-                         recorder=recorder, log=log)
-    (ctx.work / "eval" / "main" / "summaries.json").write_text(json.dumps(summaries, indent=1))
-    shares = recorder.shares()
-    png = args.out.parent / "benchmarks" / "figures" / ("routing_quick.png" if args.quick else "routing.png")
-    routing_heatmap(shares, ctx.datalists, png)
+    minutes = {n: np.mean([s["seconds"] for s in v]) / 60 for n, v in stats.items()}
+    recipes = "; ".join(f"**{MODEL_NAMES[n]}**: {RECIPES[n].description}"
+                        for n in ("segmote", "tokens_no_mote", "finetuned_decoder"))
+    body = f"""## Accuracy: SegMoTE, its no-MoTE control, a fine-tuned decoder and the frozen backbone
 
-    body = f"""## Accuracy: SegMoTE against the frozen backbone and a fine-tuned decoder
-
-{provenance(args.seed)}
-- data: `../shared/data`, the committed patient-level splits in `benchmarks/splits/` (test cases below){
-' (--quick: 1 test case per dataset, 3 training cases x 3 slices)' if args.quick else ''}
-- training (each model, jointly on every dataset's training split, one shared embedding cache):
-  {ctx.budget_text(ctx.budget)}; a step draws a dataset uniformly, then one of its (slice, class) samples;
-  binary datasets are prompt-free (PPT) for half of their samples
-- SegMoTE: frozen `lite_medsam` + 4 expert tokens, 4 experts top-2, PPT (2 queries):
-  {seg_stats['trainable']:,} trainable parameters, trained in {seg_stats['seconds'] / 60:.1f} min, final loss
-  {seg_stats['final_loss']:.3f}
-- fine-tuned decoder (the MedSAM recipe): SAM's mask decoder unfrozen, no experts, no PPT, same budget:
-  {ft_stats['trainable']:,} trainable parameters, {ft_stats['seconds'] / 60:.1f} min, final loss
-  {ft_stats['final_loss']:.3f}
-- zero-shot: the frozen backbone alone (its own output token), on the same boxes
+{provenance()}
+- seeds: {', '.join(map(str, ctx.seeds))} (training; the jittered boxes of the evaluation use seed 0 throughout)
+- data: `../shared/data`, the committed patient-level splits in `benchmarks/splits/`{
+' (--quick: 1 test case per dataset, 3 training cases)' if args.quick else ''}; out of domain, never trained on:
+  the TotalSegmentator CT and MR samples (8 abdominal organs, model-made references)
+- training, the same for every recipe, by the bundle (`python -m monai.bundle run training` on the five
+  training splits at once, `--datalists`): {ctx.budget.text()}. SegMoTE and the no-MoTE control also decode a
+  prompt-free row for half of the binary sets' samples (PPT), on top of the same box-prompted samples
+- recipes: {recipes};
+  **zero-shot**: the frozen LiteMedSAM alone on the same boxes
+- mean training time per run on this machine: {', '.join(f'{MODEL_NAMES[n]} {m:.1f} min' for n, m in minutes.items())}
 - evaluation: every test case, one box per slice and class from its label, tight and with each side moved by up
-  to 10% of the box size (seeded), 3D Dice on the reassembled volume (2D sets per image); prompt-free on the
-  binary datasets; no model selection (the last step's weights)
+  to 10% of the box size (seeded), 3D Dice per case on the reassembled volume (2D sets per image), the last
+  epoch's weights (no model selection)
 
-{data_text(ctx)}
+Mean Dice over classes per case, then over cases and seeds; each class scored on its own prompts' mask (the
+paper's protocol); in brackets the bootstrap 95% interval over cases of the seed-averaged case means, in
+parentheses the range of the seeds' means:
 
-{main_tables(summaries, ctx.datalists)}
+{table(results, everything, MAIN_MODELS, ci=True)}
 
-Targets:
+The same, scored on the merged label map (where masks overlap the highest logit wins, as users get it):
 
-{targets(summaries, ctx.datalists)}
+{table(results, everything, MAIN_MODELS, scoring='label_map')}
+
+Per class, mean over cases and seeds:
+
+{class_table(results, everything, ('zero_shot', 'finetuned_decoder', 'segmote'))}
+
+{targets(results, ctx)}
 """
-    write_section(out, "accuracy", body)
-    routing = f"""## Routing: expert use per modality
+    write_section(args.out, "accuracy", body)
+    if recorder is not None:
+        text, shares, _ = routing_tables(recorder, ctx.titles())
+        png = REPO / "benchmarks" / "figures" / ("routing_quick.png" if args.quick else "routing.png")
+        routing_heatmap(shares, png, title="SegMoTE expert use on the test prompts (G-weighted clean gates)")
+        routing = f"""## Routing: do experts specialise?
 
-{provenance(args.seed)}
-- the SegMoTE model above on every test prompt (tight, jittered, prompt-free): each two-way block's share of
-  the routers' gate mass per expert, summed over prompts and expert tokens
+{provenance()}
+- the seed-{ctx.seeds[0]} SegMoTE model above on every test prompt (tight and jittered boxes, prompt-free): per
+  prompt and block, each expert's share of the routed token, ``sum_t G_t P_t,e`` with the clean gates
+- learned expert tokens: mean pairwise cosine {token_cosine(routed_model):.3f} (they start from SAM's four mask
+  tokens); entropy of G per prompt over log T (1: a plain average of the tokens)
+- "different": the Jensen-Shannon divergence between two datasets' mean expert use exceeds all 199 values
+  obtained by shuffling which dataset each prompt came from (p < 0.005)
 
-{routing_table(shares, ctx.datalists)}
+{text}
 
-![expert use per dataset]({png.relative_to(out.parent)})
+![expert use per dataset]({png.relative_to(REPO)})
+
+Logged by the trainer after every epoch of that run (training prompts, MLflow metrics of the same names; the
+heatmap of each epoch is an MLflow artifact, `routing/routing_epoch_<n>.png`):
+
+{epoch_routing(ctx.work / "runs" / f"segmote_seed{ctx.seeds[0]}" / "train.log")}
 """
-    write_section(out, "routing", routing)
-    log(f"accuracy and routing written to {out}")
-    run_speed(ctx)
+        write_section(args.out, "routing", routing)
+    log(f"accuracy and routing written to {args.out}")
+
+
+def epoch_routing(train_log: Path) -> str:
+    """The routing measures the trainer logged after every epoch (RoutingStatistics), as a table."""
+    keys = ("token_weight_entropy", "expert_token_cosine", "expert_output_cosine", "routing_jsd_mean",
+            "routing_jsd_min", "balance_loss")
+    lines = ["| epoch | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+    for epoch, text in re.findall(r"Epoch\[(\d+)\] Metrics -- (.*balance_loss.*)", train_log.read_text()):
+        values = dict(re.findall(r"(\w+): ([-0-9.e]+)", text))
+        cells = [f"{float(values[k]):.3f}" if k in values else "-" for k in keys]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: Results, ctx: Context) -> str:
+    lines = ["Targets (own-mask scoring unless said):", ""]
+    means = {}
+    for model in ("segmote", "finetuned_decoder", "zero_shot"):
+        values = [results.dataset(model, n, "box_tight") for n in ctx.datalists]
+        means[model] = np.mean([v["mean"] for v in values if v])
+    gap = means["segmote"] - means["finetuned_decoder"]
+    lines.append(f"- tight-box mean over the five sets, SegMoTE >= fine-tuned decoder - 0.01: "
+                 f"{means['segmote']:.3f} vs {means['finetuned_decoder']:.3f} ({gap:+.3f}): "
+                 f"**{'met' if gap >= -0.01 else 'missed'}**")
+    for setting in ("box_tight", "box_jitter_0.1"):
+        for scoring in ("own_mask", "label_map"):
+            myo = results.classes("segmote", "acdc", setting, scoring).get("myocardium")
+            ft = results.classes("finetuned_decoder", "acdc", setting, scoring).get("myocardium")
+            if myo is not None:
+                lines.append(f"- ACDC myocardium >= 0.85, {SETTING_NAMES[setting]} boxes, "
+                             f"{scoring.replace('_', ' ')}: SegMoTE {myo:.3f} (fine-tuned decoder {ft:.3f}): "
+                             f"**{'met' if myo >= 0.85 else 'missed'}**")
+    for name, datalist in ctx.ood.items():
+        for setting in ("box_tight", "box_jitter_0.1"):
+            ours, zs = results.dataset("segmote", name, setting), results.dataset("zero_shot", name, setting)
+            ft = results.dataset("finetuned_decoder", name, setting)
+            if ours and zs:
+                d = ours["mean"] - zs["mean"]
+                lines.append(f"- out of domain, {datalist.name}, {SETTING_NAMES[setting]}: SegMoTE "
+                             f"{ours['mean']:.3f} vs zero-shot {zs['mean']:.3f} ({d:+.3f}; fine-tuned decoder "
+                             f"{ft['mean'] - zs['mean']:+.3f}): **{'met' if d >= -0.01 else 'missed'}**")
+    return "\n".join(lines)
+
+
+def run_loo(ctx: Context) -> None:
+    args = ctx.args
+    results: dict[str, Results] = {}
+    seed = ctx.seeds[0]
+    zs = Results()
+    everything = {**ctx.datalists, **ctx.ood}
+    zs.add("zero_shot", 0, evaluate(zero_shot_model(), everything, ctx.cache, ctx.work / "eval" / "zero_shot",
+                                    seed=0, log=log))
+    for fold in LOO_FOLDS:
+        kept = [n for n in DATASETS if n != fold]
+        res = results[fold] = Results()
+        tests = {fold: ctx.datalists[fold], **ctx.ood}
+        for name in ("segmote", "finetuned_decoder"):
+            run = train(RECIPES[name], ctx.paths(kept), budget=ctx.budget, seed=seed,
+                        out_dir=ctx.work / "runs" / f"loo_{fold}_{name}_seed{seed}", cache_dir=ctx.work / "cache",
+                        log=log)
+            res.add(name, seed, evaluate(load_model(run["checkpoint"]), tests, ctx.cache,
+                                         ctx.work / "eval" / f"loo_{fold}_{name}", seed=0, log=log))
+    lines = ["| left out | test set | setting | zero-shot | SegMoTE | fine-tuned decoder | SegMoTE - zero-shot | "
+             "fine-tuned - zero-shot |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    kept_all = []
+    for fold, res in results.items():
+        for name in (fold, *ctx.ood):
+            for setting in ("box_tight", "box_jitter_0.1"):
+                z = zs.dataset("zero_shot", name, setting)["mean"]
+                s = res.dataset("segmote", name, setting)["mean"]
+                f = res.dataset("finetuned_decoder", name, setting)["mean"]
+                kept_all.append((s - z, f - z))
+                lines.append(f"| {ctx.datalists[fold].name} | {everything[name].name} | {SETTING_NAMES[setting]} | "
+                             f"{z:.3f} | {s:.3f} | {f:.3f} | {s - z:+.3f} | {f - z:+.3f} |")
+    worst = min(k[0] for k in kept_all), min(k[1] for k in kept_all)
+    body = f"""## Outside the training data: leave one dataset out
+
+{provenance()}
+- seed: {seed}; each fold trains SegMoTE and the fine-tuned decoder by the bundle on the four other sets' training
+  splits ({ctx.budget.text()}), then scores the left-out set's test split and the TotalSegmentator CT and MR
+  samples, against the frozen backbone on the same boxes (own-mask scoring)
+
+{chr(10).join(lines)}
+
+Worst difference to zero-shot over these sets and settings: SegMoTE {worst[0]:+.3f}, fine-tuned decoder {worst[1]:+.3f}
+(target: SegMoTE >= zero-shot - 0.01 on every set, tight and ±10%: **{'met' if worst[0] >= -0.01 else 'missed'}**).
+"""
+    write_section(args.out, "loo", body)
+    log(f"leave-one-out written to {args.out}")
+
+
+def run_ablations(ctx: Context) -> None:
+    args = ctx.args
+    seed = ctx.seeds[0]
+    everything = {**ctx.datalists, **ctx.ood}
+    results = Results()
+    rows = []
+    for recipe in (RECIPES["segmote"], *ABLATIONS):
+        run = train(recipe, ctx.paths(DATASETS), budget=ctx.budget, seed=seed,
+                    out_dir=ctx.work / "runs" / f"{recipe.name}_seed{seed}", cache_dir=ctx.work / "cache", log=log)
+        model = load_model(run["checkpoint"])
+        results.add(recipe.name, seed, evaluate(model, everything, ctx.cache, ctx.work / "eval" / recipe.name,
+                                                seed=0, log=log))
+        rows.append((recipe, run, token_cosine(model)))
+    header = ("| configuration | " + " | ".join(d.name for d in everything.values())
+              + " | in-domain mean tight | ±10% | ACDC myocardium tight | prompt-free mean | minutes |")
+    lines = [header, "|---|" + "---:|" * (len(everything) + 5)]
+    for recipe, run, _ in rows:
+        cells, tight, jit, free = [], [], [], []
+        for name in everything:
+            t, j = (results.dataset(recipe.name, name, s) for s in ("box_tight", "box_jitter_0.1"))
+            cells.append(f"{t['mean']:.3f} / {j['mean']:.3f}")
+            if name in ctx.datalists:
+                tight.append(t["mean"])
+                jit.append(j["mean"])
+                p = results.dataset(recipe.name, name, "prompt_free")
+                if p:
+                    free.append(p["mean"])
+        myo = results.classes(recipe.name, "acdc", "box_tight").get("myocardium", float("nan"))
+        lines.append(f"| {recipe.name}: {recipe.description or 'the default'} | " + " | ".join(cells)
+                     + f" | {np.mean(tight):.3f} | {np.mean(jit):.3f} | {myo:.3f} | "
+                     + (f"{np.mean(free):.3f}" if free else "-") + f" | {run['seconds'] / 60:.1f} |")
+    body = f"""## Ablations: one factor at a time
+
+{provenance()}
+- seed {seed}; every configuration trained by the bundle on the five training splits at the main table's budget
+  ({ctx.budget.text()}); per set: mean Dice over cases, tight / ±10% boxes (own-mask scoring)
+
+{chr(10).join(lines)}
+"""
+    write_section(args.out, "ablations", body)
+    log(f"ablations written to {args.out}")
 
 
 def run_speed(ctx: Context) -> None:
@@ -181,7 +363,7 @@ def run_speed(ctx: Context) -> None:
     write_section(args.out, "speed", body)
     run_memory(ctx)
     cache = measure(args.data_root.resolve() / "mri_abdomen_chaos_t2", samples_per_volume=4 if args.quick else 8,
-                    max_volumes=2 if args.quick else 6, seed=args.seed)
+                    max_volumes=2 if args.quick else 6, seed=0)
     write_section(args.out, "cache", cache)
     log(f"speed written to {args.out}")
 
@@ -199,56 +381,17 @@ def run_memory(ctx: Context) -> None:
     write_section(args.out, "memory", body)
 
 
-def run_ablations(ctx: Context) -> None:
-    args = ctx.args
-    rows, summaries = [], {}
-    models = {}
-    for variant in ABLATIONS:
-        model = make_model(variant, ctx.num_classes)
-        stats = ctx.train(variant, model, budget_for(variant, ctx.budget), subdir="models/ablations")
-        summaries[variant.name] = evaluate(model, ctx.datalists, {}, shared_cache(ctx.work, model),
-                                           ctx.work / "eval" / "ablations" / variant.name, seed=args.seed, log=log)
-        rows.append((variant, stats))
-        models[variant.name] = model
-    header = ("| configuration | trainable | " + " | ".join(d.name for d in ctx.datalists.values())
-              + " | mean tight | mean ±10% | ACDC myocardium tight | prompt-free mean |")
-    lines = [header, "|---|---:|" + "---:|" * (len(ctx.datalists) + 4)]
-    for variant, stats in rows:
-        s = summaries[variant.name]
-        means, classes = dataset_means(s), class_rows(s)
-        tight = [means[(n, "box_tight", "segmote")]["mean_dice"] for n in ctx.datalists]
-        jit = [means[(n, "box_jitter_0.1", "segmote")]["mean_dice"] for n in ctx.datalists]
-        free = [means[(n, "prompt_free", "segmote")]["mean_dice"] for n in ctx.datalists
-                if (n, "prompt_free", "segmote") in means]
-        myo = classes.get(("acdc", "myocardium", "box_tight", "segmote"))
-        lines.append(f"| {variant.name}: {variant.description} | {stats['trainable']:,} | "
-                     + " | ".join(f"{t:.3f} / {j:.3f}" for t, j in zip(tight, jit))
-                     + f" | {sum(tight) / len(tight):.3f} | {sum(jit) / len(jit):.3f} | "
-                     + (f"{myo['mean_dice']:.3f}" if myo else "-") + " | "
-                     + (f"{sum(free) / len(free):.3f}" if free else "-") + " |")
-    body = f"""## Ablations
-
-{provenance(args.seed)}
-- each configuration trained from the same seed on the same data as the main table, at a fifth of its
-  budget: {ctx.budget_text(ctx.budget)} (learning rate as named)
-- per dataset: mean Dice over cases, tight / ±10% boxes; prompt-free only where the configuration has PPT
-
-{chr(10).join(lines)}
-"""
-    write_section(args.out, "ablations", body)
-    log(f"ablations written to {args.out}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("main", "ablations", "speed", "memory"))
+    parser.add_argument("what", choices=("main", "loo", "ablations", "speed", "memory"))
     parser.add_argument("--quick", action="store_true", help="a few cases and steps; writes BENCHMARKS.quick.md")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks")
     parser.add_argument("--out", type=Path, default=None, help="default BENCHMARKS.md (quick: the work dir's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default 3; quick 1)")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--samples-per-epoch", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
     args = parser.parse_args(argv)
     if not (args.data_root / "mri_abdomen_chaos_t2").is_dir():
         print(f"error: {args.data_root}: not the shared data folder (no mri_abdomen_chaos_t2/)", file=sys.stderr)
@@ -256,10 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = (args.work_dir / "BENCHMARKS.quick.md") if args.quick else REPO / "BENCHMARKS.md"
     args.out = args.out.resolve()
-    torch.manual_seed(args.seed)
     start = time.perf_counter()
     ctx = Context(args)
-    {"main": run_main, "ablations": run_ablations, "speed": run_speed, "memory": run_memory}[args.what](ctx)
+    {"main": run_main, "loo": run_loo, "ablations": run_ablations, "speed": run_speed, "memory": run_memory}[
+        args.what](ctx)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

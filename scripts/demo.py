@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
            "--output_dir", out / "predictions")
 
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    rows = {(r["setting"], r["model"]): r for r in metrics["results"] if r["class"] == "mean over classes"}
+    rows = {(r["setting"], r["model"]): r for r in metrics["results"] if r["class"] == "mean over classes"
+            and r["scoring"] == "label_map"}
     print(f"\nHeld-out 3D Dice, patient {test_case['patient']}, mean over organs ({time.time() - start:.0f} s in all):")
     print("| boxes | zero-shot (frozen backbone) | SegMoTE |")
     print("|---|---:|---:|")

@@ -2,10 +2,12 @@
 same boxes, in one run.
 
 Settings per volume or image: boxes from its label per slice and class, tight and jittered (each side moved
-by up to a fraction of the box size, seeded); prompt-free (PPT) on binary tasks. Dice per volume and class on
-the reassembled label map. Writes ``metrics.json`` (means with bootstrap 95% intervals over cases, per
-setting, model, class and modality; and every case) and ``metrics.csv`` (one row per case, setting, model
-and class), both atomically.
+by up to a fraction of the box size, seeded); prompt-free (PPT) on binary tasks. Dice per volume and class,
+scored two ways from the same predictions: ``label_map``, on the reassembled label map (where two classes'
+masks overlap, the label map's rule decides: what a user gets), and ``own_mask``, each class on the mask its
+own prompts gave (the paper's protocol). Writes ``metrics.json`` (means with bootstrap 95% intervals over
+cases, per scoring, setting, model, class and modality; and every case) and ``metrics.csv`` (one row per
+case, setting, model, class and scoring), both atomically.
 """
 
 from __future__ import annotations
@@ -112,9 +114,19 @@ class BundleEvaluation:
                              f"PPT {'on' if network.ppt is not None else 'off'}")
         self.prompt_free = binary and network.ppt is not None if prompt_free is None else prompt_free
 
-    def _segment(self, model: SegMoTE, image: torch.Tensor, prompts: Any) -> torch.Tensor:
+    def _scores(self, model: SegMoTE, case: dict, prompts: Any) -> list[tuple[str, int, float]]:
+        """(scoring, class, Dice) for every class present in the case's label."""
         segmenter = SliceSegmenter(model, backbone=self.backbone, cache=self.cache, batch_size=self.slice_batch_size)
-        return segmenter(image, prompts, prompt_free_class=self.datalist.classes[0])
+        beside = prompts is not None and self.datalist.task == "binary" and getattr(model, "ppt_beside_prompts", False)
+        labels, own = segmenter(case["image"], prompts, prompt_free_class=self.datalist.classes[0], class_masks=True,
+                                ppt_beside_boxes=beside)
+        out = [("label_map", c, d) for c, d in dice_per_class(labels, case["label"], self.datalist.classes).items()]
+        for c in self.datalist.classes:
+            truth = case["label"] == c
+            if truth.any():
+                pred = own[c] if c in own else torch.zeros_like(truth)
+                out.append(("own_mask", c, float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))))
+        return out
 
     def run(self) -> dict[str, Any]:
         """Evaluates every item (under torch.distributed, each rank a shard; rank 0 writes the files)."""
@@ -136,11 +148,11 @@ class BundleEvaluation:
                 case["label"], classes, jitter=j, seed=self.seed)) for j in self.jitters]
             for setting, prompts in settings:
                 for model_name, model in models.items():
-                    dice = dice_per_class(self._segment(model, case["image"], prompts), case["label"], classes)
-                    rows += [(name, item["modality"], setting, model_name, c, d) for c, d in dice.items()]
+                    rows += [(name, item["modality"], setting, model_name, c, d, scoring)
+                             for scoring, c, d in self._scores(model, case, prompts)]
             if self.prompt_free:
-                dice = dice_per_class(self._segment(self.network, case["image"], None), case["label"], classes)
-                rows += [(name, item["modality"], "prompt_free", "segmote", c, d) for c, d in dice.items()]
+                rows += [(name, item["modality"], "prompt_free", "segmote", c, d, scoring)
+                         for scoring, c, d in self._scores(self.network, case, None)]
         if world > 1:
             gathered: list[Any] = [None] * world
             torch.distributed.all_gather_object(gathered, rows)
@@ -157,24 +169,25 @@ class BundleEvaluation:
         names = self.datalist.labels
         groups: dict[tuple, list[float]] = defaultdict(list)
         per_case: dict[tuple, list[float]] = defaultdict(list)
-        for case, modality, setting, model, c, dice in rows:
-            groups[(setting, model, names[c], modality)].append(dice)
-            per_case[(setting, model, case)].append(dice)
+        for case, modality, setting, model, c, dice, scoring in rows:
+            groups[(scoring, setting, model, names[c], modality)].append(dice)
+            per_case[(scoring, setting, model, case)].append(dice)
         by_mean: dict[tuple, list[float]] = defaultdict(list)
-        for (setting, model, _), values in per_case.items():
-            by_mean[(setting, model)].append(float(np.mean(values)))
+        for (scoring, setting, model, _), values in per_case.items():
+            by_mean[(scoring, setting, model)].append(float(np.mean(values)))
         summary: dict[str, Any] = {"section": self.section, "cases": len({r[0] for r in rows}), "results": []}
-        for (setting, model, label, modality), values in sorted(groups.items()):
+        for (scoring, setting, model, label, modality), values in sorted(groups.items()):
             low, high = bootstrap_interval(values, seed=self.seed)
-            summary["results"].append({"setting": setting, "model": model, "class": label, "modality": modality,
+            summary["results"].append({"scoring": scoring, "setting": setting, "model": model, "class": label,
+                                       "modality": modality, "mean_dice": float(np.mean(values)),
+                                       "ci95": [low, high], "n": len(values)})
+        for (scoring, setting, model), values in sorted(by_mean.items()):
+            low, high = bootstrap_interval(values, seed=self.seed)
+            summary["results"].append({"scoring": scoring, "setting": setting, "model": model,
+                                       "class": "mean over classes", "modality": "all",
                                        "mean_dice": float(np.mean(values)), "ci95": [low, high], "n": len(values)})
-        for (setting, model), values in sorted(by_mean.items()):
-            low, high = bootstrap_interval(values, seed=self.seed)
-            summary["results"].append({"setting": setting, "model": model, "class": "mean over classes",
-                                       "modality": "all", "mean_dice": float(np.mean(values)), "ci95": [low, high],
-                                       "n": len(values)})
-        summary["per_case"] = [{"case": r[0], "modality": r[1], "setting": r[2], "model": r[3],
-                                "class": names[r[4]], "dice": r[5]} for r in rows]
+        summary["per_case"] = [{"case": r[0], "modality": r[1], "setting": r[2], "model": r[3], "class": names[r[4]],
+                                "dice": r[5], "scoring": r[6]} for r in rows]
         return summary
 
     def _write(self, rows: list[tuple], summary: dict[str, Any]) -> None:
@@ -182,8 +195,8 @@ class BundleEvaluation:
             tmp.write_text(json.dumps(summary, indent=1) + "\n")
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["case", "modality", "setting", "model", "class", "dice"])
+        writer.writerow(["case", "modality", "setting", "model", "class", "scoring", "dice"])
         names = self.datalist.labels
-        writer.writerows([(r[0], r[1], r[2], r[3], names[r[4]], f"{r[5]:.6f}") for r in rows])
+        writer.writerows([(r[0], r[1], r[2], r[3], names[r[4]], r[6], f"{r[5]:.6f}") for r in rows])
         with atomic_path(self.output_dir / "metrics.csv") as tmp:
             tmp.write_text(buffer.getvalue())

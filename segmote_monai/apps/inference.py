@@ -168,6 +168,7 @@ class BundleInference:
         self.input = Path(input)
         self.output_dir = Path(output_dir)
         self.prompt_mode = prompt_mode
+        self.task = task
         self.boxes = Path(boxes) if boxes is not None else None
         self.roi = Path(roi) if roi is not None else None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -225,8 +226,9 @@ class BundleInference:
         written = []
         for path in tqdm(cases, desc="segmenting", unit="case", disable=not self.progress):
             data = self.load({"image": str(path), **({"label": str(self.roi)} if self.roi else {})})
-            pred = self.segmenter(data["image"], self._prompts(data),
-                                  prompt_free_class=min(self.labels))
+            prompts = self._prompts(data)
+            beside = prompts is not None and self.task == "binary" and self.network.ppt_beside_prompts
+            pred = self.segmenter(data["image"], prompts, prompt_free_class=min(self.labels), ppt_beside_boxes=beside)
             restored = self.postprocess({"image": data["image"], "pred": pred})["pred"]
             affine = restored.affine.numpy()
             target, sidecar = self._targets(path)

@@ -1,12 +1,22 @@
 from segmote_monai.engines.iterations import PromptedTrainIteration, VolumeEvalIteration
-from segmote_monai.engines.step import PROMPT_MODES, embed_batch, prompted_forward, training_iteration, unwrap
+from segmote_monai.engines.step import (
+    PROMPT_MODES,
+    RowGroup,
+    decode_rows,
+    embed_batch,
+    plan_rows,
+    training_iteration,
+    unwrap,
+)
 
 __all__ = [
     "PROMPT_MODES",
     "PromptedTrainIteration",
+    "RowGroup",
     "VolumeEvalIteration",
+    "decode_rows",
     "embed_batch",
-    "prompted_forward",
+    "plan_rows",
     "training_iteration",
     "unwrap",
 ]

@@ -18,41 +18,55 @@ from segmote_monai.engines.step import PROMPT_MODES, training_iteration, unwrap
 from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
 from segmote_monai.losses.balance import load_balance_loss
 from segmote_monai.metrics import dice_per_class
+from segmote_monai.options import as_bool
+from segmote_monai.routing import expert_use, mean_pairwise_cosine, token_weight_entropy
 
 __all__ = ["PromptedTrainIteration", "VolumeEvalIteration"]
 
 
 class PromptedTrainIteration:
-    """``SupervisedTrainer(iteration_update=...)``.
+    """``SupervisedTrainer(iteration_update=...)``; see :mod:`segmote_monai.engines.step` for the rows it
+    decodes per sample (``prompt``, ``prompt_free_share``, and the model's ``ppt_beside_prompts``).
 
-    Returns the batch decollated, one dict per sample, as MONAI's default iteration leaves
-    ``engine.state.output`` (so ``from_engine(["loss"], first=True)`` works in StatsHandler and MLflow): the
-    batch ``loss``, ``balance_loss``, and the sample's ``expert_use`` [E] and ``modality``."""
+    Returns one dict per decoded row, as MONAI's default iteration leaves ``engine.state.output`` a list (so
+    ``from_engine(["loss"], first=True)`` works in StatsHandler and MLflow): the batch ``loss`` and
+    ``balance_loss``, and the row's ``dataset``, ``modality``, ``row_kind`` and routing (``expert_use``
+    [blocks, E], ``token_entropy``, ``token_cosine``; see :mod:`segmote_monai.routing`)."""
 
-    def __init__(self, *, cache: EmbeddingCache | None = None, prompt: str = "box", use_ppt: bool | None = None,
+    def __init__(self, *, cache: EmbeddingCache | None = None, prompt: str = "box", prompt_free_share: float = 0.0,
                  amp: bool = False) -> None:
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {list(PROMPT_MODES)}, got {prompt!r}")
+        if not 0.0 <= prompt_free_share <= 1.0:
+            raise ValueError(f"prompt_free_share must be in [0, 1], got {prompt_free_share}")
         self.cache = cache
         self.prompt = prompt
-        self.use_ppt = use_ppt
-        self.amp = amp
+        self.prompt_free_share = float(prompt_free_share)
+        self.amp = as_bool(amp, "amp")
 
     def __call__(self, engine: Any, batch: dict) -> list[dict[str, Any]]:
         device = engine.state.device
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.amp):
             out = training_iteration(engine.network, engine.optimizer, engine.loss_function, batch,
-                                     cache=self.cache, prompt=self.prompt, use_ppt=self.use_ppt, device=device)
-        routing = out["output"].routing
-        loss = out["loss"].item()
-        n = len(batch["image"])
+                                     cache=self.cache, prompt=self.prompt, prompt_free_share=self.prompt_free_share,
+                                     device=device)
+        output, loss = out["output"], out["loss"].item()
+        rows = [(i, g.kind) for g in out["groups"] for i in g.rows]
+        n = len(rows)
+        names = batch.get("dataset_name") or batch.get("modality") or ["all"] * len(batch["mask"])
+        modalities = batch.get("modality") or ["all"] * len(batch["mask"])
+        records = [{"loss": loss, "dataset": names[i], "modality": modalities[i], "row_kind": kind} for i, kind in rows]
+        if not output.routing:
+            return [{**r, "balance_loss": 0.0} for r in records]
         with torch.no_grad():
-            balance = load_balance_loss(routing).item() if routing else 0.0
-            # per sample: how much each expert of the last block was used, summed over the expert tokens
-            usage = routing[-1].gates.detach().float().sum(dim=1).cpu() if routing else [None] * n
-        modalities = batch.get("modality") or ["all"] * n
-        return [{"loss": loss, "balance_loss": balance, "expert_use": usage[i], "modality": modalities[i]}
-                for i in range(n)]
+            balance = load_balance_loss(output.routing).item()
+            use = expert_use(output.routing).cpu()
+            entropy = token_weight_entropy(output.routing[-1].token_weights).cpu()
+            cosine = mean_pairwise_cosine(output.expert_tokens).cpu() if output.expert_tokens is not None else None
+        for j in range(n):
+            records[j].update(balance_loss=balance, expert_use=use[j], token_entropy=float(entropy[j]),
+                              token_cosine=float(cosine[j]) if cosine is not None else float("nan"))
+        return records
 
 
 class VolumeEvalIteration:

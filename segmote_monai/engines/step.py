@@ -1,14 +1,25 @@
-"""One SegMoTE training iteration on a batch of prompted slices (one prompt per sample).
+"""One SegMoTE training iteration on a batch of prompted slices.
 
 A batch (after ``list_data_collate``) holds ``image`` [B, 3, S, S] network inputs, the target ``mask``
-[B, 1, S, S], its ``class_id`` [B], and the prompt: ``box`` [B, 4] and/or ``points`` [B, P, 2] with
-``point_labels`` [B, P]. The frozen encoder's output comes from an :class:`EmbeddingCache` when one is
-given.
+[B, 1, S, S], its ``class_id`` [B], the prompt (``box`` [B, 4] and/or ``points`` [B, P, 2] with
+``point_labels`` [B, P]) and, from a :class:`~segmote_monai.data.joint.JointDatalist`, each sample's ``task``
+(``binary`` or ``multi-class``). The frozen encoder's output comes from an :class:`EmbeddingCache` when one
+is given.
+
+Rows decoded per sample (:func:`plan_rows`):
+
+- every sample once with its prompt (``prompt``); binary-task samples with the PPT tokens beside it when the
+  model's ``ppt_beside_prompts`` is set (the paper puts them next to the human prompt on binary tasks);
+- binary-task samples a second time, prompt-free (PPT only), with probability ``prompt_free_share``: these
+  rows come on top of the prompted ones, so every recipe sees the same number of prompted samples.
+
+``prompt="none"`` decodes every sample prompt-free only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +27,7 @@ import torch
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.networks.segmote import PromptedForward, SegMoTE, SegMoTEOutput
 
-__all__ = ["PROMPT_MODES", "embed_batch", "prompted_forward", "training_iteration", "unwrap"]
+__all__ = ["PROMPT_MODES", "RowGroup", "decode_rows", "embed_batch", "plan_rows", "training_iteration", "unwrap"]
 
 PROMPT_MODES = ("box", "points", "box+points", "none")
 
@@ -34,28 +45,67 @@ def embed_batch(model: SegMoTE, images: torch.Tensor, cache: EmbeddingCache | No
     return cache.embed(images, model.embed_images)
 
 
-def prompted_forward(
-    model: torch.nn.Module, batch: Mapping[str, Any], embeddings: torch.Tensor, *, prompt: str = "box",
-    use_ppt: bool | None = None,
-) -> SegMoTEOutput:
-    """Runs ``SegMoTE.predict`` on one prompt per sample (``prompt`` in :data:`PROMPT_MODES`; ``none`` is
-    prompt-free, PPT only). PPT carriers come from the sample's ``mask`` and ``class_id``. ``model`` is a
-    SegMoTE, or a DDP-wrapped :class:`PromptedForward` (called through DDP so gradients synchronise)."""
-    core = unwrap(model)
-    predict = core.predict if model is core else model
+@dataclass
+class RowGroup:
+    """Batch rows decoded together in one way."""
+
+    rows: list[int]  # the samples, by batch index
+    kind: str  # "box", "points", "box+points" (with "+ppt" when PPT tokens sit beside them) or "prompt_free"
+    prompt: str  # the prompt mode (``none`` for prompt-free)
+    use_ppt: bool
+
+
+def _binary_rows(batch: Mapping[str, Any], n: int) -> list[bool]:
+    tasks = batch.get("task")
+    return [t == "binary" for t in tasks] if tasks is not None else [False] * n
+
+
+def plan_rows(model: SegMoTE, batch: Mapping[str, Any], *, prompt: str = "box", prompt_free_share: float = 0.0,
+              generator: torch.Generator | None = None) -> list[RowGroup]:
+    """The row groups of one step (see the module docstring); empty groups are left out."""
     if prompt not in PROMPT_MODES:
         raise ValueError(f"prompt must be one of {list(PROMPT_MODES)}, got {prompt!r}")
+    if not 0.0 <= prompt_free_share <= 1.0:
+        raise ValueError(f"prompt_free_share must be in [0, 1], got {prompt_free_share}")
+    n = len(batch["mask"])
+    if prompt == "none":
+        if model.ppt is None:
+            raise ValueError("prompt 'none' (prompt-free training) needs a model with PPT")
+        return [RowGroup(list(range(n)), "prompt_free", "none", True)]
+    has_ppt = model.ppt is not None
+    binary = _binary_rows(batch, n)
+    beside = [i for i in range(n) if has_ppt and model.ppt_beside_prompts and binary[i]]
+    plain = [i for i in range(n) if i not in beside]
+    draws = torch.rand(n, generator=generator).tolist()
+    free = [i for i in range(n) if has_ppt and binary[i] and draws[i] < prompt_free_share]
+    groups = [RowGroup(plain, prompt, prompt, False), RowGroup(beside, prompt + "+ppt", prompt, True),
+              RowGroup(free, "prompt_free", "none", True)]
+    return [g for g in groups if g.rows]
+
+
+def _call(model: SegMoTE, batch: Mapping[str, Any], embeddings: torch.Tensor, group: RowGroup) -> dict[str, Any]:
     device = embeddings.device
-    kwargs: dict[str, Any] = {}
-    if prompt in ("box", "box+points"):
-        kwargs["boxes"] = batch["box"].to(device, torch.float32)
-    if prompt in ("points", "box+points"):
-        kwargs["points"] = batch["points"].to(device, torch.float32)
-        kwargs["point_labels"] = batch["point_labels"].to(device)
-    if core.ppt is not None and (use_ppt or prompt == "none"):
-        kwargs["carrier_masks"] = batch["mask"].to(device)
-        kwargs["carrier_class_ids"] = batch["class_id"].to(device)
-    return predict(image_embeddings=embeddings, use_ppt=use_ppt, **kwargs)
+    rows = torch.as_tensor(group.rows, device=device)
+    call: dict[str, Any] = {"image_embeddings": embeddings, "image_index": rows, "use_ppt": group.use_ppt}
+    if group.prompt in ("box", "box+points"):
+        call["boxes"] = batch["box"][group.rows].to(device, torch.float32)
+    if group.prompt in ("points", "box+points"):
+        call["points"] = batch["points"][group.rows].to(device, torch.float32)
+        call["point_labels"] = batch["point_labels"][group.rows].to(device)
+    if group.use_ppt:
+        call["carrier_masks"] = batch["mask"][group.rows].to(device)
+        call["carrier_class_ids"] = batch["class_id"][group.rows].to(device)
+    return call
+
+
+def decode_rows(model: torch.nn.Module, batch: Mapping[str, Any], embeddings: torch.Tensor,
+                groups: Sequence[RowGroup]) -> SegMoTEOutput:
+    """Decodes every group (one call of ``model``'s forward when it is a DDP-wrapped
+    :class:`PromptedForward`) and returns the outputs one group after the other."""
+    core = unwrap(model)
+    calls = [_call(core, batch, embeddings, g) for g in groups]
+    outputs = model(*calls) if model is not core else [core.predict(**c) for c in calls]
+    return SegMoTEOutput.cat(outputs)
 
 
 def training_iteration(
@@ -66,15 +116,21 @@ def training_iteration(
     *,
     cache: EmbeddingCache | None = None,
     prompt: str = "box",
-    use_ppt: bool | None = None,
+    prompt_free_share: float = 0.0,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Embeds (or reads) the batch, predicts one mask per sample, and takes one optimiser step."""
+    """Embeds (or reads) the batch, decodes its rows (:func:`plan_rows`) and takes one optimiser step.
+
+    Returns the ``loss``, the concatenated ``output`` and the ``groups`` (output rows follow their order).
+    """
     model.train()
-    embeddings = embed_batch(unwrap(model), batch["image"].to(device), cache)
-    output = prompted_forward(model, batch, embeddings, prompt=prompt, use_ppt=use_ppt)
-    loss = loss_fn(output, batch["mask"].to(device, output.masks.dtype))
+    core = unwrap(model)
+    groups = plan_rows(core, batch, prompt=prompt, prompt_free_share=prompt_free_share)
+    embeddings = embed_batch(core, batch["image"].to(device), cache)
+    output = decode_rows(model, batch, embeddings, groups)
+    targets = torch.cat([batch["mask"][g.rows] for g in groups]).to(device, output.masks.dtype)
+    loss = loss_fn(output, targets)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
-    return {"loss": loss.detach(), "output": output}
+    return {"loss": loss.detach(), "output": output, "groups": list(groups)}

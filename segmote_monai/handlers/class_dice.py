@@ -11,10 +11,13 @@ __all__ = ["ClassDiceMetrics"]
 
 class ClassDiceMetrics:
     """Averages the evaluator output's ``dice`` (class -> Dice, per volume) over the epoch into
-    ``engine.state.metrics["val_dice_<name>"]``. Under DDP each rank reports its own shard."""
+    ``engine.state.metrics["val_dice_<name>"]``; with ``groups`` (a name -> its class ids, e.g. the datasets of a
+    :class:`~segmote_monai.data.joint.JointDatalist`) also ``val_mean_dice_<group>``, the mean of its classes'.
+    Under DDP each rank reports its own shard."""
 
-    def __init__(self, labels: dict) -> None:
+    def __init__(self, labels: dict, groups: dict[str, list[int]] | None = None) -> None:
         self.labels = {int(k): str(v).replace(" ", "_") for k, v in labels.items()}
+        self.groups = {str(k): [int(c) for c in v] for k, v in (groups or {}).items()}
         self._values: dict[int, list[float]] = defaultdict(list)
 
     def attach(self, engine: Engine) -> None:
@@ -28,5 +31,11 @@ class ClassDiceMetrics:
             self._values[int(c)].append(float(value))
 
     def _publish(self, engine: Engine) -> None:
-        for c, values in sorted(self._values.items()):
-            engine.state.metrics[f"val_dice_{self.labels.get(c, c)}"] = sum(values) / len(values)
+        means = {c: sum(values) / len(values) for c, values in sorted(self._values.items())}
+        for c, mean in means.items():
+            engine.state.metrics[f"val_dice_{self.labels.get(c, c)}"] = mean
+        if len(self.groups) > 1:
+            for name, classes in self.groups.items():
+                scored = [means[c] for c in classes if c in means]
+                if scored:
+                    engine.state.metrics[f"val_mean_dice_{name}"] = sum(scored) / len(scored)

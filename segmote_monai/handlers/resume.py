@@ -19,6 +19,7 @@ from segmote_monai.engines.step import unwrap
 from segmote_monai.errors import InputFileError
 from segmote_monai.networks.checkpoint import load_trainable_payload, trainable_payload
 from segmote_monai.networks.weights_file import load_weights_file
+from segmote_monai.options import as_bool
 
 __all__ = ["TrainingResume"]
 
@@ -65,7 +66,7 @@ class TrainingResume:
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.checkpoint_saver = checkpoint_saver
-        self.enabled = enabled
+        self.enabled = as_bool(enabled, "resume")
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:

@@ -87,8 +87,9 @@ class SliceSegmenter:
             yield todo[start: start + self.batch_size]
 
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor, prompts: SlicePrompts | None = None, *,
-                 prompt_free_class: int = 1) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, prompts: SlicePrompts | None = None, *, prompt_free_class: int = 1,
+                 class_masks: bool = False, expert_scale: float = 1.0, ppt_beside_boxes: bool = False
+                 ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Label map [1, ...] on ``image``'s grid: uint8 (int32 for label values past 255), so that a
         512 x 512 x 300 map takes 79 MB, not 630.
 
@@ -96,31 +97,50 @@ class SliceSegmenter:
             image: [C, H, W, S] oriented volume or [C, H, W] 2D image, intensities in [0, 1].
             prompts: per slice ``(boxes, class_ids)``; None for prompt-free (PPT) segmentation, where the
                 foreground gets ``prompt_free_class``.
+            class_masks: also return, per class, the bool mask [1, ...] its own prompts gave before the label
+                map's overlap rule (the paper scores each class on its own mask); for evaluation (one byte per
+                voxel and class).
+            expert_scale: passed to :meth:`SegMoTE.predict` (0: the frozen backbone's own prediction).
+            ppt_beside_boxes: add the PPT tokens beside each box (a binary task of a model trained so).
         """
         self.model.eval()
+        scale = {} if expert_scale == 1.0 else {"expert_scale": expert_scale}
+        beside = {"use_ppt": True} if ppt_beside_boxes else {}
         slices = volume_to_slices(torch.as_tensor(image))
         if prompts is not None and len(prompts) != len(slices):
             raise ValueError(f"prompts for {len(prompts)} slices, the image has {len(slices)}")
         hw = tuple(slices.shape[-2:])
         largest = max([prompt_free_class] + [int(c.max()) for _, c in prompts or [] if len(c)])
         labels = torch.zeros(len(slices), 1, *hw, dtype=torch.uint8 if largest < 256 else torch.int32)
+        present = sorted({int(c) for _, ids in prompts or [] for c in torch.as_tensor(ids).tolist()}
+                         ) if prompts is not None else [prompt_free_class]
+        own = {c: torch.zeros(len(slices), 1, *hw, dtype=torch.bool) for c in present} if class_masks else {}
         for batch in self._batches(len(slices), prompts):
             embeddings = self.embed(torch.stack([self.preprocess(slices[i]) for i in batch]))
             if prompts is None:
-                logits = self._unresize(self.model.predict(image_embeddings=embeddings).masks.cpu(), hw)
-                labels[batch] = (logits > 0).to(labels.dtype) * prompt_free_class
+                out = self.model.predict(image_embeddings=embeddings, **scale)
+                foreground = self._unresize(out.masks.cpu(), hw) > 0
+                labels[batch] = foreground.to(labels.dtype) * prompt_free_class
+                if class_masks:
+                    own[prompt_free_class][batch] = foreground
                 continue
             boxes = torch.cat([scale_boxes(prompts[i][0], hw, self.size) for i in batch])
             classes = torch.cat([torch.as_tensor(prompts[i][1]).long() for i in batch])
             index = torch.cat([torch.full((len(prompts[i][0]),), j) for j, i in enumerate(batch)])
             out = self.model.predict(image_embeddings=embeddings, boxes=boxes.to(embeddings.device),
-                                     image_index=index.to(embeddings.device))
+                                     image_index=index.to(embeddings.device), **scale, **beside)
             logits = self._unresize(out.masks.cpu(), hw)[:, 0]  # [N, H, W]
             for j, i in enumerate(batch):
                 rows = index == j
                 best, winner = logits[rows].max(dim=0)
                 labels[i, 0] = torch.where(best > 0, classes[rows][winner], 0).to(labels.dtype)
-        return slices_to_volume(labels, is_2d=image.ndim == 3)
+                for c, mask in zip(classes[rows].tolist(), logits[rows] > 0):
+                    if class_masks:
+                        own[c][i, 0] |= mask
+        volume = slices_to_volume(labels, is_2d=image.ndim == 3)
+        if not class_masks:
+            return volume
+        return volume, {c: slices_to_volume(m, is_2d=image.ndim == 3) for c, m in own.items()}
 
 
 def prompts_from_label(label: torch.Tensor, classes: Sequence[int], *, jitter: float = 0.0,

@@ -23,7 +23,10 @@ from segmote_monai.networks.weights_file import load_weights_file
 __all__ = ["load_trainable", "load_trainable_payload", "save_trainable", "trainable_payload", "trainable_state_dict"]
 
 FORMAT = "segmote-monai-trainable"
-VERSION = 1
+VERSION = 2
+#: Version 1 files were written before these options existed: they hold the paper's layout.
+V1_CONFIG = {"expert_attention": "shared", "mask_head": "routed", "experts_write_image": False,
+             "trainable_reader": False, "ppt_beside_prompts": False}
 _FROZEN_PREFIXES = ("image_encoder.", "prompt_encoder.")
 _SAM_DECODER_PREFIX = "decoder.mask_decoder."
 
@@ -69,9 +72,20 @@ def read_trainable(path: str | os.PathLike) -> dict:
     payload = load_weights_file(path, what="SegMoTE checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputFileError(path, f"not a SegMoTE trainable checkpoint (expected format '{FORMAT}')")
-    if payload.get("version") != VERSION:
-        raise InputFileError(path, f"checkpoint version {payload.get('version')}, this package reads {VERSION}")
+    if payload.get("version") not in (1, VERSION):
+        raise InputFileError(path, f"checkpoint version {payload.get('version')}, this package reads 1 and {VERSION}")
+    if payload["version"] == 1:
+        payload = _from_version_1(payload)
     return payload
+
+
+def _from_version_1(payload: dict) -> dict:
+    """A version 1 payload as version 2: the paper's layout, and the router's noise bias (version 2 learns one)
+    at zero, which is the noise version 1 computed."""
+    state = dict(payload["state_dict"])
+    for key in [k for k in state if k.endswith(".router.noise.weight")]:
+        state.setdefault(key[: -len("weight")] + "bias", torch.zeros(state[key].shape[0], dtype=state[key].dtype))
+    return {**payload, "version": VERSION, "config": {**V1_CONFIG, **payload["config"]}, "state_dict": state}
 
 
 def load_trainable(model: SegMoTE, path: str | os.PathLike) -> SegMoTE:

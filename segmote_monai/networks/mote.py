@@ -1,6 +1,17 @@
 """Token-level mixture of experts (MoTE): a noisy top-k router and per-block expert FFNs.
 
 The SPEC's steps 1-5, applied to the T expert tokens of each prompt after one two-way attention block.
+
+Two choices here are ours and were made by measurement (numbers in BENCHMARKS.md, "Routing"):
+
+- **Noise scale.** Shazeer et al.'s noise std is ``softplus(X W_n) + eps``. With ``W_n`` at nn.Linear's
+  default initialisation that is about 0.7 for every token, while the clean logits of a trained router spread
+  by 0.04-0.22 across experts (main at ab9f3e0): training-time routing was mostly noise, and since G scales
+  the update, the noise perturbed the mask itself. The noise branch gets no gradient from the indicator load,
+  so its scale stays where it starts. Here ``W_n`` starts at zero and a learned bias sets the starting std
+  (``noise_std``, default 0.1): exploration is kept, below the logits' spread.
+- **Sparse evaluation.** In training and under export every expert runs on every token (no data-dependent
+  control flow, so routing survives ONNX); in eager evaluation only the kept experts run.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ class RoutingOutput:
     token_weights: torch.Tensor  # G [N, T] float32: softmax over T of each token's confidence
     clean_logits: torch.Tensor  # L [N, T, E] float32
     noisy_logits: torch.Tensor  # L~ [N, T, E] float32; equals L outside training
-    noise_std: torch.Tensor | None  # softplus(X W_n) + eps [N, T, E] in training, else None
+    noise_std: torch.Tensor | None  # softplus(X W_n + b_n) + eps [N, T, E] in training, else None
     top_k: int  # k, the experts kept per token
 
 
@@ -51,18 +62,25 @@ def top_k_gates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 class NoisyTopKRouter(nn.Module):
-    """Router logits ``L = X W_g``; in training, Shazeer et al.'s noisy logits on top.
+    """Router logits ``L = X W_g``; in training, noisy logits on top.
 
-    ``L~ = L + (softplus(X W_n) + eps) * Z`` with ``Z ~ N(0, 1)``, only when the module is training.
+    ``L~ = L + (softplus(X W_n + b_n) + eps) * Z`` with ``Z ~ N(0, 1)``, only when the module is training.
+    ``W_n`` starts at zero and ``b_n`` at ``softplus^-1(noise_std)``, so the noise starts at ``noise_std + eps``
+    for every token (see the module docstring for why not Shazeer et al.'s default).
     """
 
-    def __init__(self, *, embedding_dim: int, num_experts: int, noisy: bool = True,
+    def __init__(self, *, embedding_dim: int, num_experts: int, noisy: bool = True, noise_std: float = 0.1,
                  noise_epsilon: float = 1e-2) -> None:
         super().__init__()
         if noise_epsilon < 0:
             raise ValueError(f"noise_epsilon must be >= 0, got {noise_epsilon}")
+        if noise_std <= 0:
+            raise ValueError(f"noise_std must be > 0, got {noise_std}")
         self.gate = nn.Linear(embedding_dim, num_experts, bias=False)
-        self.noise = nn.Linear(embedding_dim, num_experts, bias=False) if noisy else None
+        self.noise = nn.Linear(embedding_dim, num_experts) if noisy else None
+        if self.noise is not None:
+            nn.init.zeros_(self.noise.weight)
+            nn.init.constant_(self.noise.bias, math.log(math.expm1(noise_std)))  # softplus^-1
         self.noise_epsilon = noise_epsilon
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -77,9 +95,9 @@ class NoisyTopKRouter(nn.Module):
 class ExpertFFNs(nn.Module):
     """E independent FFNs ``D -> H -> D`` with GELU, held as stacked weights.
 
-    Every expert runs on every token and the caller gathers with the gates: no data-dependent control
-    flow, so routing survives TorchScript/ONNX export, and for a handful of tokens it costs nothing.
-    The output layers start at zero so that a new block leaves the tokens as SAM made them.
+    :meth:`forward` runs every expert on every token (export-safe: no data-dependent control flow);
+    :meth:`mix_selected` runs only the experts a token keeps. The output layers start at zero so that a new
+    block leaves the tokens as they came.
     """
 
     def __init__(self, *, num_experts: int, embedding_dim: int, hidden_dim: int) -> None:
@@ -96,6 +114,26 @@ class ExpertFFNs(nn.Module):
         """[N, T, D] tokens -> [N, T, E, D], expert e's output for every token."""
         hidden = F.gelu(torch.einsum("ntd,edh->nteh", x, self.w1) + self.b1)
         return torch.einsum("nteh,ehd->nted", hidden, self.w2) + self.b2
+
+    def mix_selected(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_e weights[..., e] * h_e(x)`` running expert e only on the tokens with a non-zero weight.
+
+        Args:
+            x: [N, T, D] tokens.
+            weights: [N, T, E], mostly zero (top-k gates).
+
+        Returns:
+            [N, T, D], equal to ``einsum("nte,nted->ntd", weights, forward(x))``.
+        """
+        flat, flat_weights = x.reshape(-1, x.shape[-1]), weights.reshape(-1, weights.shape[-1])
+        out = torch.zeros_like(flat)
+        for e in range(self.w1.shape[0]):
+            rows = flat_weights[:, e].nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            hidden = F.gelu(flat[rows] @ self.w1[e] + self.b1[e])
+            out.index_add_(0, rows, flat_weights[rows, e, None] * (hidden @ self.w2[e] + self.b2[e]))
+        return out.view_as(x)
 
 
 class TokenMoE(nn.Module):
@@ -114,6 +152,7 @@ class TokenMoE(nn.Module):
         hidden_dim: int = 2048,
         combine: str = "topk",
         noisy_gating: bool = True,
+        noise_std: float = 0.1,
         noise_epsilon: float = 1e-2,
     ) -> None:
         super().__init__()
@@ -130,11 +169,12 @@ class TokenMoE(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.combine = combine
-        self.router = NoisyTopKRouter(
-            embedding_dim=embedding_dim, num_experts=num_experts, noisy=noisy_gating, noise_epsilon=noise_epsilon
-        )
+        self.router = NoisyTopKRouter(embedding_dim=embedding_dim, num_experts=num_experts, noisy=noisy_gating,
+                                      noise_std=noise_std, noise_epsilon=noise_epsilon)
         self.experts = ExpertFFNs(num_experts=num_experts, embedding_dim=embedding_dim, hidden_dim=hidden_dim)
         self.norm = nn.LayerNorm(embedding_dim)
+        #: in eager evaluation run only the kept experts (False: every expert, as training and export do)
+        self.sparse_eval = True
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, RoutingOutput]:
         """[N, T, D] expert tokens -> updated [N, T, D] tokens and the block's routing."""
@@ -145,7 +185,12 @@ class TokenMoE(nn.Module):
             expert_weights = gates
         else:
             expert_weights = F.one_hot(expert_index, self.num_experts).to(gates.dtype)
-        mixed = torch.einsum("nte,nted->ntd", expert_weights.to(tokens.dtype), self.experts(tokens))
+        expert_weights = expert_weights.to(tokens.dtype)
+        dense = self.training or not self.sparse_eval or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if dense:
+            mixed = torch.einsum("nte,nted->ntd", expert_weights, self.experts(tokens))
+        else:
+            mixed = self.experts.mix_selected(tokens, expert_weights)
         update = token_weights.to(tokens.dtype).unsqueeze(-1) * mixed
         routing = RoutingOutput(
             gates=gates, expert_index=expert_index, token_weights=token_weights,

@@ -6,6 +6,8 @@ import torch
 from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
+from segmote_monai.networks.two_way import few_query_attention
+
 __all__ = ["ProgressivePromptTokenizer"]
 
 
@@ -71,6 +73,16 @@ class ProgressivePromptTokenizer(nn.Module):
             )
         return self.class_embedding(class_ids.long())
 
+    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``self.attention(queries, keys, values)`` computed for Q queries without projecting the h x w image
+        tokens (see :func:`~segmote_monai.networks.two_way.few_query_attention`)."""
+        weight, bias, d = self.attention.in_proj_weight, self.attention.in_proj_bias, queries.shape[-1]
+        return few_query_attention(
+            queries, keys, values, q_proj=(weight[:d], bias[:d]), k_weight=weight[d: 2 * d],
+            v_proj=(weight[2 * d:], bias[2 * d:]), out_proj=self.attention.out_proj,
+            num_heads=self.attention.num_heads,
+        )
+
     def forward(
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, carriers: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -90,6 +102,6 @@ class ProgressivePromptTokenizer(nn.Module):
         queries = self.queries.weight.unsqueeze(0).expand(n, -1, -1)
         if carriers is not None:
             queries = queries + carriers.unsqueeze(1).to(queries.dtype)
-        attended, _ = self.attention(queries, keys, image_tokens, need_weights=False)
+        attended = self._attend(queries, keys, image_tokens)
         hidden = queries + attended
         return hidden + self.mlp(self.norm_tokens(hidden))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from segmote_monai.networks.backbones import build_backbone
 from segmote_monai.networks.decoder import MoTEMaskDecoder
 from segmote_monai.networks.mote import RoutingOutput
 from segmote_monai.networks.ppt import ProgressivePromptTokenizer
+from segmote_monai.options import as_bool
 
-__all__ = ["PromptedForward", "SegMoTE", "SegMoTEOutput", "build_segmote"]
+__all__ = ["PromptedForward", "SegMoTE", "SegMoTEOutput", "build_from_checkpoint", "build_segmote"]
 
 
 @dataclass
@@ -27,6 +29,28 @@ class SegMoTEOutput:
     low_res_masks: torch.Tensor  # [N, 1, 4h, 4w] mask logits before upsampling
     iou_predictions: torch.Tensor  # [N, 1]
     routing: list[RoutingOutput] = field(default_factory=list)  # per two-way block
+    expert_tokens: torch.Tensor | None = None  # [N, T, D] after the decoder's final attention; None, experts off
+
+    @classmethod
+    def cat(cls, outputs: Sequence[SegMoTEOutput]) -> SegMoTEOutput:
+        """Outputs of several calls of one model, one after the other along N (routing block by block)."""
+        if not outputs:
+            raise ValueError("cat needs at least one output")
+        if len(outputs) == 1:
+            return outputs[0]
+
+        def cat(tensors):
+            return None if any(t is None for t in tensors) else torch.cat(list(tensors))
+
+        routing = [
+            RoutingOutput(**{name: cat([getattr(o.routing[b], name) for o in outputs])
+                             for name in ("gates", "expert_index", "token_weights", "clean_logits", "noisy_logits",
+                                          "noise_std")}, top_k=outputs[0].routing[b].top_k)
+            for b in range(len(outputs[0].routing))
+        ]
+        return cls(masks=cat([o.masks for o in outputs]), low_res_masks=cat([o.low_res_masks for o in outputs]),
+                   iou_predictions=cat([o.iou_predictions for o in outputs]), routing=routing,
+                   expert_tokens=cat([o.expert_tokens for o in outputs]))
 
 
 class SegMoTE(nn.Module):
@@ -49,6 +73,7 @@ class SegMoTE(nn.Module):
         backbone_name: str,
         backbone_sha256: str,
         train_decoder: bool = False,
+        ppt_beside_prompts: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(decoder, MoTEMaskDecoder):
@@ -62,6 +87,11 @@ class SegMoTE(nn.Module):
         self.backbone_name = backbone_name
         self.backbone_sha256 = backbone_sha256
         self.train_decoder = bool(train_decoder)
+        if ppt_beside_prompts and ppt is None:
+            raise ValueError("ppt_beside_prompts needs PPT (num_ppt_queries > 0)")
+        #: binary tasks get the PPT tokens beside their box or point prompts (the paper's setting), in training
+        #: and at inference; callers that know a prompt's task pass ``use_ppt`` accordingly
+        self.ppt_beside_prompts = bool(ppt_beside_prompts)
         self.image_encoder.requires_grad_(False)
         self.prompt_encoder.requires_grad_(False)
         self.decoder.mask_decoder.requires_grad_(self.train_decoder)
@@ -81,7 +111,9 @@ class SegMoTE(nn.Module):
         return int(self.prompt_encoder.input_image_size[0])
 
     def config(self) -> dict[str, Any]:
-        """The options that define this model's trainable parts (checkpoints must match them)."""
+        """The options that define this model's trainable parts and what its forward computes (checkpoints must
+        match them). Options that only choose starting values (``token_init``, ``mote_norm``,
+        ``router_noise_std``) are not among them."""
         decoder, ppt = self.decoder, self.ppt
         return {
             "num_expert_tokens": decoder.num_expert_tokens,
@@ -90,11 +122,16 @@ class SegMoTE(nn.Module):
             "expert_hidden_dim": decoder.expert_hidden_dim,
             "combine": decoder.combine,
             "noisy_gating": decoder.noisy_gating,
+            "expert_attention": decoder.expert_attention,
+            "mask_head": decoder.mask_head,
+            "experts_write_image": decoder.experts_write_image,
+            "trainable_reader": decoder.trainable_reader,
             "num_ppt_queries": ppt.num_queries if ppt is not None else 0,
             "ppt_heads": ppt.attention.num_heads if ppt is not None else 0,
             "ppt_mlp_dim": ppt.mlp.lin1.out_features if ppt is not None else 0,
             "num_carrier_classes": ppt.num_carrier_classes if ppt is not None else 0,
             "train_decoder": self.train_decoder,
+            "ppt_beside_prompts": self.ppt_beside_prompts,
         }
 
     @torch.no_grad()
@@ -138,6 +175,7 @@ class SegMoTE(nn.Module):
         use_ppt: bool | None = None,
         carrier_masks: torch.Tensor | None = None,
         carrier_class_ids: torch.Tensor | None = None,
+        expert_scale: float = 1.0,
     ) -> SegMoTEOutput:
         """Segments one object per prompt.
 
@@ -148,12 +186,15 @@ class SegMoTE(nn.Module):
             points: [N, P, 2] ``x, y`` in input-image pixels, with
             point_labels: [N, P] (1 foreground, 0 background).
             image_index: [N] long, the image of each prompt; defaults to ``arange(B)`` when N == B and to
-                zeros when B == 1. Without boxes and points there is one prompt-free row per image.
+                zeros when B == 1. Without boxes and points there is one prompt-free row per image, or per entry
+                of ``image_index`` when it is given.
             use_ppt: add the PPT tokens; defaults to True exactly when there are no boxes or points and the model
                 has PPT (without PPT, a prompt-free call decodes with no prompt tokens, as SAM does).
             carrier_masks: [N, 1, H', W'] label masks, and/or
             carrier_class_ids: [N] class ids: PPT carriers, used only in training with
                 ``ppt.carrier_probability > 0``.
+            expert_scale: how much of the experts' correction to apply (``mask_head="residual"``): 0 is the
+                frozen backbone's own prediction on the same prompts, 1 the trained model.
 
         Returns:
             :class:`SegMoTEOutput` with [N, 1, H, W] mask logits.
@@ -163,7 +204,7 @@ class SegMoTE(nn.Module):
         embeddings = self.embed_images(images) if images is not None else image_embeddings
         b = embeddings.shape[0]
         prompted = boxes is not None or points is not None
-        n = self._num_prompts(b, boxes, points, point_labels)
+        n = self._num_prompts(b if image_index is None else len(image_index), boxes, points, point_labels)
         image_index = self._image_index(image_index, b, n, embeddings.device)
         use_ppt = (not prompted and self.ppt is not None) if use_ppt is None else use_ppt
         if use_ppt and self.ppt is None:
@@ -181,13 +222,14 @@ class SegMoTE(nn.Module):
             ppt_tokens = self.ppt(embeddings[image_index], image_pe, carriers)
         out = self.decoder(
             image_embeddings=embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, image_index=image_index, ppt_tokens=ppt_tokens,
+            dense_prompt_embeddings=dense, image_index=image_index, ppt_tokens=ppt_tokens, expert_scale=expert_scale,
         )
         masks = out.low_res_masks
         if tuple(masks.shape[-2:]) != (self.img_size, self.img_size):
             masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
         return SegMoTEOutput(
-            masks=masks, low_res_masks=out.low_res_masks, iou_predictions=out.iou_predictions, routing=out.routing
+            masks=masks, low_res_masks=out.low_res_masks, iou_predictions=out.iou_predictions, routing=out.routing,
+            expert_tokens=out.expert_tokens,
         )
 
     @staticmethod
@@ -257,16 +299,17 @@ class SegMoTE(nn.Module):
 
 
 class PromptedForward(nn.Module):
-    """``forward(**kwargs) = model.predict(**kwargs)``: what DistributedDataParallel wraps for prompted
-    training, since DDP synchronises gradients only for computations that go through its ``forward``."""
+    """``forward(*calls) = [model.predict(**call) for call in calls]``: what DistributedDataParallel wraps for
+    prompted training. DDP synchronises gradients only for computations inside one call of its ``forward``,
+    so a step that decodes several kinds of rows (boxed, prompt-free) passes them all at once."""
 
     def __init__(self, model: SegMoTE) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, **kwargs) -> SegMoTEOutput:
-        """Same arguments and output as :meth:`SegMoTE.predict`."""
-        return self.model.predict(**kwargs)
+    def forward(self, *calls: dict) -> list[SegMoTEOutput]:
+        """Each call: :meth:`SegMoTE.predict`'s keyword arguments; returns one output per call."""
+        return [self.model.predict(**call) for call in calls]
 
 
 def build_segmote(
@@ -280,24 +323,38 @@ def build_segmote(
     expert_hidden_dim: int = 2048,
     combine: str = "topk",
     noisy_gating: bool = True,
+    router_noise_std: float = 0.1,
+    expert_attention: str = "read_only",
+    mask_head: str = "residual",
+    token_init: str = "sam_mask_tokens",
+    mote_norm: str = "norm3",
+    experts_write_image: bool = False,
+    trainable_reader: bool = False,
     num_ppt_queries: int = 2,
     ppt_heads: int = 8,
     ppt_mlp_dim: int = 2048,
     num_carrier_classes: int = 1,
     train_decoder: bool = False,
+    ppt_beside_prompts: bool = False,
     trainable_checkpoint: str | Path | None = None,
 ) -> SegMoTE:
     """Builds SegMoTE on the named frozen backbone, with the SPEC's default widths.
 
-    ``num_expert_tokens=0`` gives the frozen backbone's own output (the zero-shot baseline);
+    ``num_expert_tokens=0`` gives the frozen backbone's own output (the zero-shot baseline); the decoder's
+    options are described in :mod:`segmote_monai.networks.decoder` and :mod:`segmote_monai.networks.mote`;
     ``num_ppt_queries=0`` leaves PPT out. ``trainable_checkpoint`` loads a file written by
     :func:`segmote_monai.networks.checkpoint.save_trainable` and checks that it fits.
     """
+    train_decoder, noisy_gating = as_bool(train_decoder, "train_decoder"), as_bool(noisy_gating, "noisy_gating")
     parts = build_backbone(backbone, checkpoint=sam_checkpoint, random_weights=random_weights)
     dim = parts.mask_decoder.transformer_dim
     decoder = MoTEMaskDecoder(
         mask_decoder=parts.mask_decoder, num_expert_tokens=num_expert_tokens, num_experts=num_experts,
         top_k=top_k, expert_hidden_dim=expert_hidden_dim, combine=combine, noisy_gating=noisy_gating,
+        router_noise_std=router_noise_std, expert_attention=expert_attention, mask_head=mask_head,
+        token_init=token_init, mote_norm=mote_norm,
+        experts_write_image=as_bool(experts_write_image, "experts_write_image"),
+        trainable_reader=as_bool(trainable_reader, "trainable_reader"),
     )
     ppt = None
     if num_ppt_queries:
@@ -308,9 +365,23 @@ def build_segmote(
     model = SegMoTE(
         image_encoder=parts.image_encoder, prompt_encoder=parts.prompt_encoder, decoder=decoder, ppt=ppt,
         backbone_name=parts.name, backbone_sha256=parts.weights_sha256, train_decoder=train_decoder,
+        ppt_beside_prompts=as_bool(ppt_beside_prompts, "ppt_beside_prompts"),
     )
     if trainable_checkpoint is not None:
         from segmote_monai.networks.checkpoint import load_trainable
 
         load_trainable(model, trainable_checkpoint)
     return model
+
+
+def build_from_checkpoint(trainable_checkpoint: str | Path, backbone: str = "lite_medsam", *,
+                          sam_checkpoint: str | Path | None = None) -> SegMoTE:
+    """The SegMoTE a trainable checkpoint describes (its options read from the file), with its weights loaded.
+
+    Evaluation and inference build their network this way, so that no command-line option can give a
+    checkpoint another architecture than the one it was trained with.
+    """
+    from segmote_monai.networks.checkpoint import read_trainable
+
+    config = read_trainable(trainable_checkpoint)["config"]
+    return build_segmote(backbone, sam_checkpoint=sam_checkpoint, trainable_checkpoint=trainable_checkpoint, **config)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, Randomizable, Resized, SpatialPadd
 
 from segmote_monai.data.readers import load_image
@@ -53,6 +54,11 @@ class LoadPaird(MapTransform):
         label_values: the values a label may hold (with background 0), or
         mask_threshold: binarise masks stored as 0/255 or JPEG (foreground = grey value > threshold).
         require_foreground: refuse a label with no foreground (training, where it would give no prompt).
+        encoding_key: an item may carry its own ``{"label_values": [...]}`` or ``{"mask_threshold": t}`` under
+            this key (items of a :class:`~segmote_monai.data.joint.JointDatalist`); it wins over the arguments
+            above, which may then both be None. The key is removed from the output.
+        offset_key: an item's ``class_offset`` under this key is added to its non-zero label values (global
+            class ids across datasets); the key stays.
 
     An image whose every voxel has one value is refused (nothing can be segmented in it).
     """
@@ -66,29 +72,48 @@ class LoadPaird(MapTransform):
         mask_threshold: float | None = None,
         require_foreground: bool = False,
         allow_missing_keys: bool = True,
+        encoding_key: str = "label_encoding",
+        offset_key: str = "class_offset",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 2:
             raise ValueError(f"keys must be (image key, label key), got {self.keys}")
-        if (label_values is None) == (mask_threshold is None):
+        if label_values is not None and mask_threshold is not None:
             raise ValueError("give exactly one of label_values (a label map) or mask_threshold (0/255 masks)")
         self.slice_axis = slice_axis
-        self.label_values = None if label_values is None else sorted({0, *map(int, label_values)})
-        self.mask_threshold = mask_threshold
+        self.encoding = self._encoding(label_values, mask_threshold)
         self.require_foreground = require_foreground
+        self.encoding_key = encoding_key
+        self.offset_key = offset_key
 
-    def _label(self, path: Any) -> torch.Tensor:
+    @staticmethod
+    def _encoding(label_values: Sequence[int] | None, mask_threshold: float | None) -> dict[str, Any] | None:
+        if mask_threshold is not None:
+            return {"mask_threshold": float(mask_threshold)}
+        if label_values is not None:
+            return {"label_values": sorted({0, *map(int, label_values)})}
+        return None
+
+    def _label(self, path: Any, encoding: dict[str, Any] | None, offset: int) -> torch.Tensor:
+        if encoding is None:
+            raise ValueError(f"no label encoding for {path}: give label_values or mask_threshold, or an item "
+                             f"'{self.encoding_key}'")
         label = load_image(path)
-        if self.mask_threshold is not None:
+        if encoding["mask_threshold"] is not None:
             grey = label.float().mean(dim=0, keepdim=True) if label.shape[0] > 1 else label.float()
-            out = (grey > self.mask_threshold).to(torch.uint8)
-            out.meta = label.meta
-            return out
-        values = torch.unique(label).tolist()
-        extra = sorted(set(values) - set(self.label_values))
-        if extra:
-            raise InputFileError(path, f"label values {extra[:5]} are not among the declared {self.label_values}")
-        return label.to(torch.uint8) if max(values) < 256 else label.long()
+            out = (grey > encoding["mask_threshold"]).to(torch.uint8)
+        else:
+            values = torch.unique(label).tolist()
+            declared = encoding["label_values"]
+            extra = sorted(set(values) - set(declared))
+            if extra:
+                raise InputFileError(path, f"label values {extra[:5]} are not among the declared {declared}")
+            out = label.as_tensor()
+        largest = int(out.max()) + offset
+        out = out.to(torch.uint8 if largest < 256 else torch.int64)
+        if offset:
+            out = torch.where(out > 0, out + offset, out)
+        return MetaTensor(out, meta=label.meta)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -98,8 +123,14 @@ class LoadPaird(MapTransform):
         if voxels.min() == voxels.max():
             raise InputFileError(d[image_key], f"every voxel has the value {voxels.flat[0]:g}: nothing to segment")
         d[image_key] = image
+        item_encoding = d.pop(self.encoding_key, None)
+        encoding = self.encoding
+        if item_encoding is not None:
+            encoding = self._encoding(item_encoding.get("label_values"), item_encoding.get("mask_threshold"))
         if label_key in d and d[label_key] is not None:
-            label = orient_for_slicing(self._label(d[label_key]), self.slice_axis)
+            label = self._label(d[label_key], encoding and {"mask_threshold": None, **encoding},
+                                int(d.get(self.offset_key) or 0))
+            label = orient_for_slicing(label, self.slice_axis)
             check_pair(image, label)
             if self.require_foreground and not label.any():
                 raise InputFileError(d[label_key], "the label is empty (no foreground voxel): label the case or "
@@ -265,7 +296,7 @@ class RandSliceSamplerd(Randomizable, MapTransform):
         d = dict(data)
         label = d[self.label_key]
         if label.ndim == 3:
-            return [d]
+            return [{**d, "slice_index": 0}]
         foreground = (torch.as_tensor(label) > 0).flatten(0, 2).any(dim=0).numpy()
         self.randomize(foreground)
         keys = list(self.key_iterator(d))

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segmote_monai.apps.evaluation import BundleEvaluation, zero_shot_like
@@ -56,3 +57,61 @@ def test_every_model_is_scored_on_the_same_settings(binary_datalist, tmp_path, b
 def test_a_baseline_may_not_take_the_evaluated_networks_name(binary_datalist, tmp_path):
     with pytest.raises(ValueError, match="'segmote' names the evaluated network"):
         _evaluation(binary_datalist, tmp_path, baselines={"segmote": tiny_segmote()})
+
+
+def _sam_dice(model, datalist, jitter):
+    """Dice per case from SAM's own MaskDecoder, called directly on the boxes the evaluation uses."""
+    from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
+    from segmote_monai.transforms.array import scale_boxes
+
+    load = LoadPaird(**datalist.label_encoding())
+    scale = ScaleIntensityByModalityd(keys="image")
+    segmenter = SliceSegmenter(model, backbone="tiny")
+    out = {}
+    for item in datalist.items("test"):
+        case = scale(load(item))
+        image, label = case["image"], case["label"]
+        (boxes, _), = prompts_from_label(label, datalist.classes, jitter=jitter, seed=0)
+        hw = tuple(image.shape[-2:])
+        embedding = model.embed_images(segmenter.preprocess(image)[None])
+        sparse, dense = model.prompt_encoder(points=None, boxes=scale_boxes(boxes, hw, 64), masks=None)
+        with torch.no_grad():
+            low, _ = model.decoder.mask_decoder(image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
+                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                multimask_output=False)
+        logits = torch.nn.functional.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False)
+        pred = segmenter._unresize(logits, hw)[0] > 0
+        truth = label > 0
+        out[item["patient"]] = float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+    return out
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.1])
+def test_zero_shot_scores_are_sams_own_decoder_on_the_same_boxes(binary_datalist, tmp_path, jitter):
+    evaluation = _evaluation(binary_datalist, tmp_path / "out")
+    summary = evaluation.run()
+    setting = "box_tight" if jitter == 0 else "box_jitter_0.1"
+    ours = {r["case"]: r["dice"] for r in summary["per_case"]
+            if r["model"] == "zero_shot" and r["setting"] == setting and r["scoring"] == "own_mask"}
+    expected = _sam_dice(evaluation.network, binary_datalist, jitter)
+    assert ours == pytest.approx(expected, abs=1e-6)
+    # an untrained SegMoTE starts at SAM's prediction: the same Dice on every case
+    segmote = {r["case"]: r["dice"] for r in summary["per_case"]
+               if r["model"] == "segmote" and r["setting"] == setting and r["scoring"] == "own_mask"}
+    assert segmote == pytest.approx(expected, abs=1e-6)
+
+
+def test_label_map_and_own_mask_scores_of_one_class(binary_datalist, tmp_path):
+    """With one class per case there is nothing to overlap: both scorings agree, and the means are the per-case
+    means with a bootstrap interval around them."""
+    summary = _evaluation(binary_datalist, tmp_path / "out").run()
+    rows = summary["per_case"]
+    for setting in ("box_tight", "prompt_free"):
+        own = sorted(r["dice"] for r in rows if r["setting"] == setting and r["model"] == "segmote"
+                     and r["scoring"] == "own_mask")
+        merged = sorted(r["dice"] for r in rows if r["setting"] == setting and r["model"] == "segmote"
+                        and r["scoring"] == "label_map")
+        assert own == pytest.approx(merged) and len(own) == 2
+        mean = next(r for r in summary["results"] if r["setting"] == setting and r["model"] == "segmote"
+                    and r["class"] == "mean over classes" and r["scoring"] == "own_mask")
+        assert mean["mean_dice"] == pytest.approx(np.mean(own)) and mean["ci95"][0] <= mean["mean_dice"] <= mean["ci95"][1]

@@ -22,12 +22,14 @@ def test_mlflow_tracking_goes_to_a_local_sqlite_store(tiny_dataset, tmp_path):
     experiment = client.get_experiment_by_name("segmote")
     (found,) = client.search_runs([experiment.experiment_id])
     metrics = set(found.data.metrics)
-    assert {"train_loss", "balance_loss", "val_mean_dice", "val_dice_organ", "val_dice_lesion", "expert_use_CT_0"} <= metrics
+    assert {"train_loss", "balance_loss", "val_mean_dice", "val_dice_organ", "val_dice_lesion", "expert_use_tiny_b1e1",
+            "token_weight_entropy", "expert_token_cosine", "expert_output_cosine"} <= metrics
     assert len(client.get_metric_history(found.info.run_id, "balance_loss")) == 2  # per epoch
     assert found.data.params["backbone"] == "tiny" and found.data.params["num_experts"] == "4"
     assert not any(str(tiny_dataset) in v for v in found.data.params.values())  # no paths in parameters
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert "segmote_latest.pt" in artifacts and any(a.endswith(".json") for a in artifacts)
+    assert {"routing_epoch_001.png", "routing_epoch_002.png"} <= artifacts  # the routing heatmap per epoch
 
 
 def test_two_process_gloo_ddp_ends_with_identical_weights(tiny_dataset, tmp_path):

@@ -99,3 +99,33 @@ def test_build_segmote_loads_a_checkpoint(tmp_path):
     path = save_trainable(model, tmp_path / "segmote.pt")
     rebuilt = build_segmote("tiny", trainable_checkpoint=path, **TINY_WIDTHS).eval()
     assert torch.equal(rebuilt(IMAGES), model(IMAGES))
+
+
+def test_version_1_files_load_as_the_papers_layout(tmp_path):
+    """Files written before the decoder options existed (the shipped checkpoint among them) predict what they
+    predicted: the shared sequence and the routed head, the router's noise without a bias."""
+    from segmote_monai.networks.checkpoint import read_trainable, trainable_payload
+
+    torch.manual_seed(0)
+    old = tiny_segmote(expert_attention="shared", mask_head="routed").eval()
+    payload = trainable_payload(old)
+    payload["version"] = 1
+    payload["config"] = {k: v for k, v in payload["config"].items()
+                         if k not in ("expert_attention", "mask_head", "experts_write_image")}
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.endswith("router.noise.bias")}
+    torch.save(payload, tmp_path / "v1.pt")
+    read = read_trainable(tmp_path / "v1.pt")
+    assert read["version"] == 2 and read["config"]["expert_attention"] == "shared"
+    assert read["config"]["mask_head"] == "routed" and not read["config"]["experts_write_image"]
+    assert not read["state_dict"]["decoder.mote_blocks.0.router.noise.bias"].any()
+    new = build_segmote("tiny", **{**TINY_WIDTHS, **read["config"]}, trainable_checkpoint=tmp_path / "v1.pt").eval()
+    images, boxes = torch.rand(1, 3, 64, 64), torch.tensor([[5.0, 6.0, 40.0, 50.0]])
+    torch.testing.assert_close(new.predict(images=images, boxes=boxes).masks, old.predict(images=images, boxes=boxes).masks)
+
+
+def test_unknown_versions_are_refused(tmp_path):
+    from segmote_monai.networks.checkpoint import trainable_payload
+
+    torch.save({**trainable_payload(tiny_segmote()), "version": 3}, tmp_path / "v3.pt")
+    with pytest.raises(InputFileError, match="checkpoint version 3, this package reads 1 and 2"):
+        load_trainable(tiny_segmote(), tmp_path / "v3.pt")

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from segmote_monai.losses import load_balance_loss
 from segmote_monai.networks import ExpertFFNs, NoisyTopKRouter, TokenMoE, top_k_gates
+from segmote_monai.routing import expert_use, routing_divergence
 
 
 @pytest.mark.parametrize("shape,k", [((3, 4, 4), 1), ((3, 4, 4), 2), ((2, 5, 8), 3), ((1, 1, 4), 4)])
@@ -33,6 +35,59 @@ def test_router_noise_only_in_training():
     router.train()
     clean, noisy, std = router(x)
     assert std is not None and (std > 0).all() and not torch.equal(clean, noisy)
+
+
+@pytest.mark.parametrize("noise_std", [0.05, 0.1, 0.7])
+def test_router_noise_starts_at_the_requested_scale(noise_std):
+    router = NoisyTopKRouter(embedding_dim=8, num_experts=4, noise_std=noise_std, noise_epsilon=0.01).train()
+    _, _, std = router(torch.randn(5, 3, 8))
+    torch.testing.assert_close(std, torch.full((5, 3, 4), noise_std + 0.01))
+
+
+def _two_domains(n, generator, centre, shift, tokens):
+    """Expert tokens of prompts from two domains whose routed token must move in opposite directions."""
+    domain = torch.randint(0, 2, (n,), generator=generator)
+    x = tokens + centre[domain][:, None] + 0.5 * torch.randn(n, *tokens.shape, generator=generator)
+    target = x.mean(dim=1) + 2 * (1 - 2 * domain).float()[:, None] * shift
+    return x, torch.nn.functional.layer_norm(target, target.shape[-1:]), domain
+
+
+def _domain_use(block, data):
+    x, _, domain = data
+    block.eval()
+    with torch.no_grad():
+        _, routing = block(x)
+    use = expert_use([routing]).numpy()
+    return use, ["a" if d == 0 else "b" for d in domain.tolist()]
+
+
+def test_the_trained_router_sends_two_domains_to_different_experts():
+    """A synthetic two-domain task, trained the way the decoder uses MoTE (the loss sees the routed token
+    sum_t G_t x_t) with noisy top-2 gating and the balance loss: the domains start on the same experts and
+    end on different ones (permutation test, and different most-used experts)."""
+    generator = torch.Generator().manual_seed(100)
+    dim = 16
+    centre, shift, tokens = 0.3 * torch.randn(2, dim, generator=generator), torch.randn(dim, generator=generator), \
+        torch.randn(4, dim, generator=generator)
+    block = TokenMoE(embedding_dim=dim, num_experts=4, top_k=2, hidden_dim=8)
+    held_out = _two_domains(200, torch.Generator().manual_seed(9), centre, shift, tokens)
+    before = routing_divergence(*_domain_use(block, held_out), permutations=99)[("a", "b")]
+    optimiser = torch.optim.Adam(block.parameters(), lr=1e-2)
+    for _ in range(300):
+        x, target, _ = _two_domains(32, generator, centre, shift, tokens)
+        block.train()
+        out, routing = block(x)
+        routed = (routing.token_weights.unsqueeze(-1) * out).sum(dim=1)
+        loss = ((routed - target) ** 2).mean() + 0.01 * load_balance_loss([routing])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    use, groups = _domain_use(block, held_out)
+    after = routing_divergence(use, groups, permutations=99)[("a", "b")]
+    top_a = use[[g == "a" for g in groups]].mean(axis=0)[0].argmax()
+    top_b = use[[g == "b" for g in groups]].mean(axis=0)[0].argmax()
+    assert before["jsd"] < 0.1, before
+    assert after["different"] == 1.0 and after["jsd"] > 0.3 and top_a != top_b, (after, top_a, top_b)
 
 
 def test_router_without_noisy_gating():
@@ -98,3 +153,17 @@ def test_token_moe_bad_arguments(kwargs, error, message):
 def test_router_bad_epsilon():
     with pytest.raises(ValueError, match="noise_epsilon must be >= 0, got -1"):
         NoisyTopKRouter(embedding_dim=8, num_experts=2, noise_epsilon=-1)
+    with pytest.raises(ValueError, match="noise_std must be > 0, got -0.1"):
+        NoisyTopKRouter(embedding_dim=8, num_experts=2, noise_std=-0.1)
+
+
+@pytest.mark.parametrize("n,t,e,k", [(2, 4, 4, 2), (3, 1, 4, 1), (1, 6, 8, 3)])
+def test_eval_runs_only_the_kept_experts_and_gives_the_dense_result(n, t, e, k):
+    block = TokenMoE(embedding_dim=16, num_experts=e, top_k=k, hidden_dim=32)
+    torch.nn.init.normal_(block.experts.w2)
+    x = torch.randn(n, t, 16)
+    block.eval()
+    sparse, routing = block(x)
+    dense = block.norm(x + routing.token_weights.unsqueeze(-1)
+                       * torch.einsum("nte,nted->ntd", routing.gates, block.experts(x)))
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)

@@ -82,8 +82,10 @@ def test_every_trainable_parameter_gets_a_gradient_and_no_frozen_one_does():
     model = tiny_segmote(top_k=4)  # k = E: every expert is on every token's path
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(trainable, lr=1e-3)
-    _train_step(model, optimiser)  # the experts' output layers start at zero; one step makes them live
-    _train_step(model, optimiser)
+    # The correction's last layer starts at zero (step 1 reaches it alone), then the experts' output layers
+    # (step 2), then their first layers (step 3).
+    for _ in range(3):
+        _train_step(model, optimiser)
     for name, param in model.named_parameters():
         if param.requires_grad:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -166,6 +168,8 @@ def test_bad_inputs():
         model.predict()
     with pytest.raises(ValueError, match=r"images must be \[B, 3, 64, 64\], got \[2, 1, 64, 64\]"):
         model.predict(images=IMAGES[:, :1])
+    with pytest.raises(ValueError, match=r"ppt_beside_prompts needs PPT \(num_ppt_queries > 0\)"):
+        tiny_segmote(num_ppt_queries=0, ppt_beside_prompts=True)
     with pytest.raises(ValueError, match=r"use_ppt=True but this model has no PPT"):
         tiny_segmote(num_ppt_queries=0).predict(images=IMAGES, use_ppt=True)
     model.train()

@@ -89,7 +89,8 @@ def test_every_slice_in_order(volume):
 
 def test_2d_items_pass_the_samplers():
     item = {"image": torch.rand(3, 20, 30), "label": torch.zeros(1, 20, 30)}
-    assert RandSliceSamplerd(num_samples=4)(item) == [item]
+    (out,) = RandSliceSamplerd(num_samples=4)(item)
+    assert out["image"] is item["image"] and out["slice_index"] == 0  # keyed like a volume's slices
     assert len(SliceVolumed()(item)) == 1
 
 

@@ -1,0 +1,160 @@
+"""Several datalists trained as one model: global class ids and a per-dataset sampling rule.
+
+Each dataset keeps its own modality, task, label encoding and label values. Class ids are made global by
+an offset per dataset (dataset k's value v becomes ``offset_k + v``; the first dataset's offset is 0, so one
+datalist keeps its own ids), which is what the label maps, PPT's class carriers and the validation metrics
+use.
+
+**Sampling rule** (``rule``): the share of an epoch's samples that each dataset gets.
+
+- ``uniform``: every dataset the same share, however many cases it has (small sets are not drowned).
+- ``proportional``: shares proportional to the number of training cases (a volume or a 2D image is a case).
+- ``temperature``: shares proportional to ``cases ** (1 / temperature)``; 1 is proportional, large
+  temperatures approach uniform.
+
+Within a dataset every case gets the same number of samples (the remainder goes to a seeded choice of
+cases), so one datalist with ``samples_per_epoch = cases x n`` draws exactly n samples from every case,
+as the single-datalist trainer always has.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segmote_monai.data.datalist import Datalist, load_datalist
+
+__all__ = ["SAMPLING_RULES", "JointDatalist", "dataset_weights", "metric_name"]
+
+SAMPLING_RULES = ("uniform", "proportional", "temperature")
+
+
+def metric_name(text: str) -> str:
+    """A name usable in metric keys: lower case, runs of other characters as one underscore."""
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_") or "dataset"
+
+
+def dataset_weights(sizes: Sequence[int], rule: str = "uniform", temperature: float = 2.0) -> np.ndarray:
+    """Sampling shares of datasets with ``sizes`` training cases under ``rule`` (they sum to 1)."""
+    if rule not in SAMPLING_RULES:
+        raise ValueError(f"rule must be one of {list(SAMPLING_RULES)}, got {rule!r}")
+    if rule == "temperature" and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if sizes.size == 0 or (sizes <= 0).any():
+        raise ValueError(f"every dataset needs at least one training case, got sizes {sizes.astype(int).tolist()}")
+    if rule == "uniform":
+        weights = np.ones_like(sizes)
+    elif rule == "proportional":
+        weights = sizes
+    else:
+        weights = sizes ** (1.0 / temperature)
+    return weights / weights.sum()
+
+
+def _split(total: int, shares: np.ndarray, rng: np.random.RandomState) -> list[int]:
+    """``total`` into integers proportional to ``shares``: floors, then the remainder one each to a seeded
+    choice among the largest fractional parts."""
+    exact = total * shares
+    counts = np.floor(exact).astype(int)
+    left = total - int(counts.sum())
+    if left:
+        order = np.lexsort((rng.permutation(len(shares)), -(exact - counts)))
+        counts[order[:left]] += 1
+    return counts.tolist()
+
+
+@dataclass
+class JointDatalist:
+    """Datalists trained together; see the module docstring for class ids and sampling."""
+
+    datalists: list[Datalist]
+
+    def __post_init__(self) -> None:
+        if not self.datalists:
+            raise ValueError("a joint datalist needs at least one datalist")
+        self.offsets = list(np.cumsum([0] + [max(d.classes) for d in self.datalists[:-1]]).tolist())
+        names = [d.name for d in self.datalists]
+        if len(set(names)) != len(names):
+            raise ValueError(f"datalist names must differ (they name the metrics), got {names}")
+
+    @classmethod
+    def load(cls, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> JointDatalist:
+        """Reads one datalist path or a list of them (each validated by :func:`load_datalist`)."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        return cls([load_datalist(p) for p in paths])
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.datalists]
+
+    @property
+    def has_binary(self) -> bool:
+        """Whether any dataset is a binary task (PPT is built for those)."""
+        return any(d.task == "binary" for d in self.datalists)
+
+    def global_classes(self, index: int) -> list[int]:
+        """Dataset ``index``'s foreground classes as global ids."""
+        return [self.offsets[index] + c for c in self.datalists[index].classes]
+
+    @property
+    def classes(self) -> list[int]:
+        """Every global foreground class id."""
+        return [c for i in range(len(self.datalists)) for c in self.global_classes(i)]
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Global class id -> name; with several datasets the name starts with the dataset's."""
+        out = {0: "background"}
+        for i, d in enumerate(self.datalists):
+            for c in d.classes:
+                out[self.offsets[i] + c] = d.labels[c] if len(self.datalists) == 1 else f"{d.name} {d.labels[c]}"
+        return out
+
+    @property
+    def groups(self) -> dict[str, list[int]]:
+        """Dataset name (as a metric name) -> its global class ids."""
+        return {metric_name(d.name): self.global_classes(i) for i, d in enumerate(self.datalists)}
+
+    def items(self, section: str) -> list[dict[str, Any]]:
+        """Every dataset's items of ``section``, each with ``dataset`` (its index), ``dataset_name``,
+        ``class_offset``, ``task`` and ``label_encoding`` (what :class:`~segmote_monai.transforms.LoadPaird`
+        reads per item)."""
+        out = []
+        for i, d in enumerate(self.datalists):
+            extra = {"dataset": i, "dataset_name": metric_name(d.name), "class_offset": self.offsets[i],
+                     "task": d.task, "label_encoding": d.label_encoding()}
+            out += [{**item, **extra} for item in d.items(section)]
+        return out
+
+    def samples_per_case(self, samples_per_epoch: int, *, rule: str = "uniform", temperature: float = 2.0,
+                         seed: int = 0, section: str = "training") -> list[int]:
+        """Samples per epoch for each item of :meth:`items` (``section``), under the sampling ``rule``."""
+        if samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        sizes = [len(d.items(section)) for d in self.datalists]
+        rng = np.random.RandomState(seed)
+        per_dataset = _split(samples_per_epoch, dataset_weights(sizes, rule, temperature), rng)
+        counts = []
+        for n, total in zip(sizes, per_dataset):
+            counts += _split(total, np.full(n, 1.0 / n), rng)
+        return counts
+
+    def model_metadata(self) -> dict[str, Any]:
+        """What a checkpoint carries for inference: the label names and task, and each dataset's part."""
+        if len(self.datalists) == 1:
+            return self.datalists[0].model_metadata()
+        return {
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "task": "multi-class",
+            "modality": None,
+            "datasets": [{"name": d.name, "modality": d.modality, "task": d.task,
+                          "labels": {str(self.offsets[i] + c): d.labels[c] for c in d.classes}}
+                         for i, d in enumerate(self.datalists)],
+        }
