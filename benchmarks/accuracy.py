@@ -3,6 +3,7 @@ use per dataset on the test prompts."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -67,9 +68,18 @@ class RoutingRecorder:
 def evaluate(model: SegMoTE, datalists: Mapping[str, Datalist], cache: EmbeddingCache, out_dir: Path, *,
              seed: int, jitters: Sequence[float] = (0.0, 0.1), recorder: RoutingRecorder | None = None,
              log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """``BundleEvaluation`` of ``model`` alone on every datalist's test section: dataset -> summary."""
+    """``BundleEvaluation`` of ``model`` alone on every datalist's test section: dataset -> summary.
+
+    A dataset whose ``out_dir/<name>/metrics.json`` exists is read back instead of evaluated again (the
+    benchmark resumes after an interruption, as training does), unless ``recorder`` needs the forward passes.
+    """
     out = {}
     for name, datalist in datalists.items():
+        done = out_dir / name / "metrics.json"
+        if recorder is None and done.exists():
+            out[name] = json.loads(done.read_text())
+            log(f"    {name}: read back from {done}")
+            continue
         if recorder is not None:
             recorder.current = name
         out[name] = BundleEvaluation(network=model, datalist=datalist, load=volume_loader(datalist),
