@@ -32,7 +32,7 @@ def commit() -> str:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)BENCHMARKS.md"],  # the file the benchmarks write
+                                ":(exclude)BENCHMARKS.md", ":(exclude)benchmarks/figures"],  # what the benchmarks write
                                capture_output=True, text=True, check=True).stdout.strip()
         return out + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
