@@ -15,6 +15,7 @@ of the 268M of the key and value projections alone.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -120,8 +121,6 @@ class ImageReadsExperts(torch.nn.Module):
 
     def __init__(self, attention: Attention) -> None:
         super().__init__()
-        import copy
-
         self.attention = copy.deepcopy(attention).requires_grad_(True)
         torch.nn.init.zeros_(self.attention.out_proj.weight)
         torch.nn.init.zeros_(self.attention.out_proj.bias)
