@@ -91,22 +91,23 @@ def evaluate(model: SegMoTE, datalists: Mapping[str, Datalist], cache: Embedding
     return out
 
 
-def per_case(summary: dict, setting: str, scoring: str = "own_mask") -> dict[str, float]:
-    """case -> mean Dice over its classes."""
+def mean_by(summary: dict, key: str, setting: str, scoring: str = "own_mask") -> dict[str, float]:
+    """``key`` ("case" or "class") -> mean Dice of the summary's rows for ``setting`` and ``scoring``."""
     values: dict[str, list[float]] = defaultdict(list)
     for r in summary["per_case"]:
         if r["setting"] == setting and r["scoring"] == scoring:
-            values[r["case"]].append(r["dice"])
-    return {case: float(np.mean(v)) for case, v in values.items()}
+            values[r[key]].append(r["dice"])
+    return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+def per_case(summary: dict, setting: str, scoring: str = "own_mask") -> dict[str, float]:
+    """case -> mean Dice over its classes."""
+    return mean_by(summary, "case", setting, scoring)
 
 
 def per_class(summary: dict, setting: str, scoring: str = "own_mask") -> dict[str, float]:
     """class -> mean Dice over cases."""
-    values: dict[str, list[float]] = defaultdict(list)
-    for r in summary["per_case"]:
-        if r["setting"] == setting and r["scoring"] == scoring:
-            values[r["class"]].append(r["dice"])
-    return {c: float(np.mean(v)) for c, v in values.items()}
+    return mean_by(summary, "class", setting, scoring)
 
 
 class Results:
