@@ -67,16 +67,17 @@ class RoutingRecorder:
 
 def evaluate(model: SegMoTE, datalists: Mapping[str, Datalist], cache: EmbeddingCache, out_dir: Path, *,
              seed: int, jitters: Sequence[float] = (0.0, 0.1), recorder: RoutingRecorder | None = None,
-             log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+             overlap: str = "smaller", log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """``BundleEvaluation`` of ``model`` alone on every datalist's test section: dataset -> summary.
 
-    A dataset whose ``out_dir/<name>/metrics.json`` exists is read back instead of evaluated again (the
-    benchmark resumes after an interruption, as training does), unless ``recorder`` needs the forward passes.
+    A dataset whose ``out_dir/<name>/metrics.json`` exists, scored with ``overlap``, is read back instead of
+    evaluated again (the benchmark resumes after an interruption, as training does), unless ``recorder`` needs
+    the forward passes. Files from before the label map's rule was recorded used ``"logit"``.
     """
     out = {}
     for name, datalist in datalists.items():
         done = out_dir / name / "metrics.json"
-        if recorder is None and done.exists():
+        if recorder is None and done.exists() and json.loads(done.read_text()).get("overlap", "logit") == overlap:
             out[name] = json.loads(done.read_text())
             log(f"    {name}: read back from {done}")
             continue
@@ -84,7 +85,7 @@ def evaluate(model: SegMoTE, datalists: Mapping[str, Datalist], cache: Embedding
             recorder.current = name
         out[name] = BundleEvaluation(network=model, datalist=datalist, load=volume_loader(datalist),
                                      backbone="lite_medsam", output_dir=out_dir / name, section="test",
-                                     jitters=jitters, seed=seed, cache=cache, baselines={}).run()
+                                     jitters=jitters, seed=seed, cache=cache, baselines={}, overlap=overlap).run()
         log(f"    {name}: {out[name]['cases']} cases")
     if recorder is not None:
         recorder.current = None

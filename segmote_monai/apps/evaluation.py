@@ -76,6 +76,8 @@ class BundleEvaluation:
         jitters: box settings (0 = tight).
         baselines: name -> model evaluated on the same data and boxes; ``None`` is ``{"zero_shot":
             zero_shot_like(network)}``, ``{}`` none.
+        overlap: the label map's rule where two classes' masks overlap
+            (:func:`~segmote_monai.inferers.merge_masks`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class BundleEvaluation:
         slice_batch_size: int = 8,
         baselines: Mapping[str, SegMoTE] | None = None,
         prompt_free: bool | None = None,
+        overlap: str = "smaller",
     ) -> None:
         self.network = network
         self.datalist = datalist
@@ -104,6 +107,7 @@ class BundleEvaluation:
         self.seed = seed
         self.cache = cache
         self.slice_batch_size = slice_batch_size
+        self.overlap = overlap
         if baselines is not None and "segmote" in baselines:
             raise ValueError(f"'segmote' names the evaluated network; baselines need other names, got "
                              f"{list(baselines)}")
@@ -116,7 +120,8 @@ class BundleEvaluation:
 
     def _scores(self, model: SegMoTE, case: dict, prompts: Any) -> list[tuple[str, int, float]]:
         """(scoring, class, Dice) for every class present in the case's label."""
-        segmenter = SliceSegmenter(model, backbone=self.backbone, cache=self.cache, batch_size=self.slice_batch_size)
+        segmenter = SliceSegmenter(model, backbone=self.backbone, cache=self.cache, batch_size=self.slice_batch_size,
+                                   overlap=self.overlap)
         beside = prompts is not None and self.datalist.task == "binary" and getattr(model, "ppt_beside_prompts", False)
         labels, own = segmenter(case["image"], prompts, prompt_free_class=self.datalist.classes[0], class_masks=True,
                                 ppt_beside_boxes=beside)
@@ -175,7 +180,8 @@ class BundleEvaluation:
         by_mean: dict[tuple, list[float]] = defaultdict(list)
         for (scoring, setting, model, _), values in per_case.items():
             by_mean[(scoring, setting, model)].append(float(np.mean(values)))
-        summary: dict[str, Any] = {"section": self.section, "cases": len({r[0] for r in rows}), "results": []}
+        summary: dict[str, Any] = {"section": self.section, "cases": len({r[0] for r in rows}), "overlap": self.overlap,
+                                   "results": []}
         for (scoring, setting, model, label, modality), values in sorted(groups.items()):
             low, high = bootstrap_interval(values, seed=self.seed)
             summary["results"].append({"scoring": scoring, "setting": setting, "model": model, "class": label,

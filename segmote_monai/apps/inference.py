@@ -10,9 +10,9 @@ case). Prompt modes:
   spans.
 - ``box`` with ``roi``: a label/ROI file on the input's grid; one box per slice and structure in it.
 
-For each case: ``<name>_seg.nii.gz`` (label map with the model's label values; where masks overlap the
-highest logit above 0 wins) and ``<name>_seg.json`` (label names, volume of each structure in mL, prompt
-mode, checkpoint hash, package versions), both written atomically.
+For each case: ``<name>_seg.nii.gz`` (label map with the model's label values; where two classes' masks
+overlap, ``overlap`` decides: by default the smaller mask) and ``<name>_seg.json`` (label names, volume of each
+structure in mL, prompt mode, checkpoint hash, package versions), both written atomically.
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ class BundleInference:
         labels: label value -> name of the model's classes (background included or not).
         task: ``binary`` or ``multi-class``.
         checkpoint: the trainable checkpoint file, for the sidecar's hash (None: untrained parts).
+        overlap: where two classes' masks overlap, which wins (:func:`~segmote_monai.inferers.merge_masks`).
     """
 
     def __init__(
@@ -151,6 +152,7 @@ class BundleInference:
         checkpoint: str | os.PathLike | None = None,
         cache: Any = None,
         slice_batch_size: int = 8,
+        overlap: str = "smaller",
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -172,7 +174,8 @@ class BundleInference:
         self.boxes = Path(boxes) if boxes is not None else None
         self.roi = Path(roi) if roi is not None else None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.segmenter = SliceSegmenter(network, backbone=backbone, cache=cache, batch_size=slice_batch_size)
+        self.segmenter = SliceSegmenter(network, backbone=backbone, cache=cache, batch_size=slice_batch_size,
+                                        overlap=overlap)
         self.postprocess = RestoreGridd(keys="pred", reference_key="image")
         self.progress = progress
 

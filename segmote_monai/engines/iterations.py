@@ -74,19 +74,21 @@ class VolumeEvalIteration:
     ``label`` [1, C+1, ...] for MONAI's Dice metrics, and ``dice`` (class -> Dice of the classes present)."""
 
     def __init__(self, *, backbone: str, classes: Sequence[int], jitter: float = 0.0, seed: int = 0,
-                 cache: EmbeddingCache | None = None, batch_size: int = 8) -> None:
+                 cache: EmbeddingCache | None = None, batch_size: int = 8, overlap: str = "smaller") -> None:
         self.backbone = backbone
         self.classes = [int(c) for c in classes]
         self.jitter = jitter
         self.seed = seed
         self.cache = cache
         self.batch_size = batch_size
+        self.overlap = overlap
 
     def __call__(self, engine: Any, batch: dict) -> dict[str, torch.Tensor]:
         image, label = batch["image"][0], batch["label"][0]
         model = unwrap(engine.network)
         prompts = prompts_from_label(label, self.classes, jitter=self.jitter, seed=self.seed)
-        pred = SliceSegmenter(model, backbone=self.backbone, cache=self.cache, batch_size=self.batch_size)(
+        pred = SliceSegmenter(model, backbone=self.backbone, cache=self.cache, batch_size=self.batch_size,
+                              overlap=self.overlap)(
             image, prompts)
         num = max(self.classes) + 1
         label = label.long().cpu()

@@ -4,8 +4,8 @@ Input: an image as :class:`~segmote_monai.transforms.LoadPaird` and ``ScaleInten
 (oriented for slicing, intensities in [0, 1]) and, per slice, the prompts (boxes in that slice's pixels, one
 class id each) or none for prompt-free (PPT) use. Slices are pre-processed (RGB, longest-side resize + pad,
 backbone normalisation), embedded (through the cache when given), decoded in batches, and the mask logits
-resized back to the slice. Where masks overlap, the class with the highest logit above 0 wins. Memory grows
-with the batch, not with the number of slices.
+resized back to the slice. Where two classes' masks overlap, ``overlap`` decides (:func:`merge_masks`). Memory
+grows with the batch, not with the number of slices.
 """
 
 from __future__ import annotations
@@ -26,10 +26,43 @@ from segmote_monai.transforms.array import (
     scale_boxes,
 )
 
-__all__ = ["SlicePrompts", "SliceSegmenter", "prompts_from_label"]
+__all__ = ["OVERLAP_RULES", "SlicePrompts", "SliceSegmenter", "merge_masks", "prompts_from_label"]
 
 #: Per slice: (boxes [K, 4] in the slice's pixels, class ids [K]); empty K for no prompt on that slice.
 SlicePrompts = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+OVERLAP_RULES = ("smaller", "logit")
+
+
+def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "smaller") -> torch.Tensor:
+    """One slice's prompted masks -> its label map, where more than one mask claims a pixel.
+
+    ``"smaller"``: the mask with the fewest positive pixels on the slice wins. Nested structures need it: the
+    box of an inner structure (the left-ventricle cavity, the gallbladder) lies inside the outer one's box, and
+    the outer structure's mask often covers the inner one with a higher logit than the inner mask has
+    (measured: SegMoTE's ACDC left ventricle scored 0.000 on the label map under ``"logit"`` and 0.9 on its
+    own mask); an inner mask rarely spills over the outer one. ``"logit"``: the highest logit wins.
+
+    Args:
+        logits: [K, H, W] mask logits, one per prompt.
+        classes: [K] the prompts' class ids.
+        rule: one of :data:`OVERLAP_RULES`.
+
+    Returns:
+        [H, W] int64 label map (0 where no logit is above 0).
+    """
+    if rule not in OVERLAP_RULES:
+        raise ValueError(f"overlap rule must be one of {list(OVERLAP_RULES)}, got {rule!r}")
+    if logits.ndim != 3 or len(classes) != len(logits):
+        raise ValueError(f"expected logits [K, H, W] and K class ids, got {tuple(logits.shape)} and {len(classes)}")
+    positive = logits > 0
+    if rule == "logit":
+        score = logits
+    else:
+        area = positive.flatten(1).sum(1).to(logits.dtype)
+        score = torch.where(positive, -area[:, None, None], torch.finfo(logits.dtype).min)
+    winner = score.argmax(dim=0)
+    return torch.where(positive.any(dim=0), torch.as_tensor(classes).long()[winner], 0)
 
 
 class SliceSegmenter:
@@ -40,12 +73,16 @@ class SliceSegmenter:
         backbone: the backbone's name, for its normalisation.
         batch_size: slices per encoder/decoder batch.
         cache: optional :class:`EmbeddingCache` for the frozen encoder's output.
+        overlap: where two classes' masks overlap, which wins (:func:`merge_masks`).
     """
 
     def __init__(self, model: SegMoTE, *, backbone: str, batch_size: int = 8,
-                 cache: EmbeddingCache | None = None) -> None:
+                 cache: EmbeddingCache | None = None, overlap: str = "smaller") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if overlap not in OVERLAP_RULES:
+            raise ValueError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
+        self.overlap = overlap
         self.model = model
         self.size = model.img_size
         self.to_rgb = ToRGB()
@@ -132,8 +169,7 @@ class SliceSegmenter:
             logits = self._unresize(out.masks.cpu(), hw)[:, 0]  # [N, H, W]
             for j, i in enumerate(batch):
                 rows = index == j
-                best, winner = logits[rows].max(dim=0)
-                labels[i, 0] = torch.where(best > 0, classes[rows][winner], 0).to(labels.dtype)
+                labels[i, 0] = merge_masks(logits[rows], classes[rows], rule=self.overlap).to(labels.dtype)
                 for c, mask in zip(classes[rows].tolist(), logits[rows] > 0):
                     if class_masks:
                         own[c][i, 0] |= mask

@@ -51,7 +51,9 @@ def test_every_model_is_scored_on_the_same_settings(binary_datalist, tmp_path, b
         assert {(r["case"], r["setting"]) for r in rows if r["model"] == model} == {
             (c, s) for c in ("p0", "p1") for s in ("box_tight", "box_jitter_0.1")}
     assert {r["setting"] for r in rows if r["model"] == "segmote"} == {"box_tight", "box_jitter_0.1", "prompt_free"}
-    assert (tmp_path / "out" / "metrics.json").exists() and (tmp_path / "out" / "metrics.csv").exists()
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["overlap"] == "smaller" and written["per_case"] == rows
+    assert (tmp_path / "out" / "metrics.csv").exists()
 
 
 def test_a_baseline_may_not_take_the_evaluated_networks_name(binary_datalist, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segmote_monai.data.cache import EmbeddingCache
-from segmote_monai.inferers import SliceSegmenter, prompts_from_label
+from segmote_monai.inferers import SliceSegmenter, merge_masks, prompts_from_label
 from tests.conftest import tiny_segmote
 
 
@@ -36,21 +36,23 @@ class BoxPainter(torch.nn.Module):
 def _label_volume():
     label = torch.zeros(1, 32, 48, 5, dtype=torch.long)  # [1, H, W, S], not square: exercises the padding
     label[0, 4:12, 6:20, 1] = 1
-    label[0, 8:20, 14:30, 1] = 2  # overlaps class 1: the later (higher) logit wins there
+    label[0, 8:20, 14:30, 1] = 2  # overlaps class 1's box: class 1's is smaller, class 2's logit higher
     label[0, 20:30, 30:44, 3] = 2
     return label
 
 
-def test_boxes_map_back_to_the_slice_and_highest_logit_wins():
+@pytest.mark.parametrize("overlap, overlap_class", [("smaller", 1), ("logit", 2)])
+def test_boxes_map_back_to_the_slice_and_the_overlap_rule_decides(overlap, overlap_class):
     label = _label_volume()
     prompts = prompts_from_label(label, [1, 2])
     assert [len(b) for b, _ in prompts] == [0, 2, 0, 1, 0]
     model = BoxPainter()
-    pred = SliceSegmenter(model, backbone="tiny", batch_size=2)(torch.rand(1, 32, 48, 5), prompts)
+    pred = SliceSegmenter(model, backbone="tiny", batch_size=2, overlap=overlap)(torch.rand(1, 32, 48, 5), prompts)
     assert pred.shape == (1, 32, 48, 5) and pred.dtype == torch.uint8
     expected = torch.zeros_like(label)
     expected[0, 4:12, 6:20, 1] = 1
     expected[0, 8:20, 14:30, 1] = 2
+    expected[0, 8:12, 14:20, 1] = overlap_class
     expected[0, 20:30, 30:44, 3] = 2
     assert (pred != expected).float().mean() < 0.01  # box edges resampled 48 -> 64 -> 48
     assert model.calls == 2  # only slices with prompts are encoded
@@ -82,6 +84,45 @@ def test_prompts_must_cover_every_slice():
         SliceSegmenter(BoxPainter(), backbone="tiny")(torch.rand(1, 32, 48, 5), [(torch.zeros(0, 4), torch.zeros(0))] * 2)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         SliceSegmenter(BoxPainter(), backbone="tiny", batch_size=0)
+    with pytest.raises(ValueError, match=r"overlap must be one of \['smaller', 'logit'\], got 'largest'"):
+        SliceSegmenter(BoxPainter(), backbone="tiny", overlap="largest")
+
+
+def _wall_and_cavity():
+    """A myocardium-like wall whose mask also covers the cavity (logit 3), and the cavity's own mask (logit 1)."""
+    wall = torch.full((20, 20), -1.0)
+    wall[2:18, 2:18] = 3.0
+    cavity = torch.full((20, 20), -1.0)
+    cavity[6:14, 6:14] = 1.0
+    return torch.stack([wall, cavity]), torch.tensor([2, 1])
+
+
+def test_smaller_mask_keeps_a_nested_structure_that_the_highest_logit_loses():
+    logits, classes = _wall_and_cavity()
+    smaller = merge_masks(logits, classes, rule="smaller")
+    assert (smaller[6:14, 6:14] == 1).all() and smaller.eq(1).sum() == 64
+    assert smaller.eq(2).sum() == 16 * 16 - 64 and smaller.eq(0).sum() == 400 - 256
+    highest = merge_masks(logits, classes, rule="logit")
+    assert highest.eq(1).sum() == 0 and highest.eq(2).sum() == 256
+
+
+@pytest.mark.parametrize("rule", ["smaller", "logit"])
+def test_merge_without_overlap_does_not_depend_on_the_rule(rule):
+    logits = torch.full((2, 8, 8), -2.0)
+    logits[0, :4] = 0.5
+    logits[1, 5:] = 4.0
+    merged = merge_masks(logits, torch.tensor([7, 3]), rule=rule)
+    assert merged[:4].eq(7).all() and merged[4].eq(0).all() and merged[5:].eq(3).all()
+
+
+@pytest.mark.parametrize("logits, classes, rule, message", [
+    (torch.zeros(2, 4, 4), torch.tensor([1, 2]), "area", r"overlap rule must be one of \['smaller', 'logit'\], got 'area'"),
+    (torch.zeros(2, 4, 4), torch.tensor([1]), "smaller", r"expected logits \[K, H, W\] and K class ids, got \(2, 4, 4\) and 1"),
+    (torch.zeros(4, 4), torch.tensor([1]), "smaller", r"expected logits \[K, H, W\] and K class ids, got \(4, 4\) and 1"),
+])
+def test_merge_rejects_bad_arguments(logits, classes, rule, message):
+    with pytest.raises(ValueError, match=message):
+        merge_masks(logits, classes, rule=rule)
 
 
 def test_label_values_past_255_get_a_wider_dtype():
