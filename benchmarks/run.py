@@ -43,6 +43,8 @@ from common import REPO, provenance, write_section
 from training import RECIPES, Budget, Recipe, train
 
 from segmote_monai.data.datalist import Datalist
+from segmote_monai.inferers import OVERLAP_RULES
+from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.visualize import routing_heatmap
 
 MAIN_MODELS = ("zero_shot", "finetuned_decoder", "tokens_no_mote", "segmote")
@@ -87,6 +89,13 @@ class Context:
                              learning_rate=args.learning_rate, lr_milestones=(7,) if quick else (6, 9))
         self.seeds = list(range(args.seeds or (1 if quick else 3)))
         self.cache = shared_cache(self.work, zero_shot_model())
+        # evaluations under another overlap rule get their own folder: the default's stay as they are
+        self.evals = self.work / ("eval" if args.overlap == "smaller" else f"eval_{args.overlap}")
+
+    def evaluate(self, model: SegMoTE, datalists: Mapping[str, Datalist], name: str, **kwargs) -> dict:
+        """``evaluate`` into ``evals/<name>`` with the run's overlap rule (boxes drawn with seed 0)."""
+        return evaluate(model, datalists, self.cache, self.evals / name, seed=0, overlap=self.args.overlap, log=log,
+                        **kwargs)
 
     def paths(self, names: Sequence[str]) -> list[Path]:
         return [self.datalists[n].path for n in names]
@@ -135,8 +144,7 @@ def run_main(ctx: Context) -> None:
     results = Results()
     everything = {**ctx.datalists, **ctx.ood}
     log("evaluating the frozen backbone (zero-shot)")
-    results.add("zero_shot", 0, evaluate(zero_shot_model(), everything, ctx.cache, ctx.work / "eval" / "zero_shot",
-                                         seed=0, log=log))
+    results.add("zero_shot", 0, ctx.evaluate(zero_shot_model(), everything, "zero_shot"))
     stats: dict[str, list[dict]] = {}
     recorder, routed_model = None, None
     for seed in ctx.seeds:
@@ -148,9 +156,9 @@ def run_main(ctx: Context) -> None:
             if name == "segmote" and seed == ctx.seeds[0]:
                 recorder, routed_model = RoutingRecorder(model), model
             log(f"evaluating {name} seed {seed}")
-            results.add(name, seed, evaluate(model, everything, ctx.cache, ctx.work / "eval" / f"{name}_seed{seed}",
-                                             seed=0, recorder=recorder if model is routed_model else None, log=log))
-    (ctx.work / "eval" / "main_results.json").write_text(json.dumps(results.summaries, indent=1, default=str))
+            results.add(name, seed, ctx.evaluate(model, everything, f"{name}_seed{seed}",
+                                                 recorder=recorder if model is routed_model else None))
+    (ctx.evals / "main_results.json").write_text(json.dumps(results.summaries, indent=1, default=str))
 
     minutes = {n: np.mean([s["seconds"] for s in v]) / 60 for n, v in stats.items()}
     recipes = "; ".join(f"**{MODEL_NAMES[n]}**: {RECIPES[n].description}"
@@ -178,7 +186,8 @@ parentheses the range of the seeds' means:
 
 {table(results, everything, MAIN_MODELS, ci=True)}
 
-The same, scored on the merged label map (where masks overlap the highest logit wins, as users get it):
+The same, scored on the merged label map, as users get it (where two classes' masks overlap the smaller one wins,
+the bundle's `label_overlap` default; `python benchmarks/run.py main --overlap logit` scores the highest-logit rule):
 
 {table(results, everything, MAIN_MODELS, scoring='label_map')}
 
@@ -264,8 +273,7 @@ def run_loo(ctx: Context) -> None:
     seed = ctx.seeds[0]
     zs = Results()
     everything = {**ctx.datalists, **ctx.ood}
-    zs.add("zero_shot", 0, evaluate(zero_shot_model(), everything, ctx.cache, ctx.work / "eval" / "zero_shot",
-                                    seed=0, log=log))
+    zs.add("zero_shot", 0, ctx.evaluate(zero_shot_model(), everything, "zero_shot"))
     for fold in LOO_FOLDS:
         kept = [n for n in DATASETS if n != fold]
         res = results[fold] = Results()
@@ -274,8 +282,7 @@ def run_loo(ctx: Context) -> None:
             run = train(RECIPES[name], ctx.paths(kept), budget=ctx.budget, seed=seed,
                         out_dir=ctx.work / "runs" / f"loo_{fold}_{name}_seed{seed}", cache_dir=ctx.work / "cache",
                         log=log)
-            res.add(name, seed, evaluate(load_model(run["checkpoint"]), tests, ctx.cache,
-                                         ctx.work / "eval" / f"loo_{fold}_{name}", seed=0, log=log))
+            res.add(name, seed, ctx.evaluate(load_model(run["checkpoint"]), tests, f"loo_{fold}_{name}"))
     lines = ["| left out | test set | setting | zero-shot | SegMoTE | fine-tuned decoder | SegMoTE - zero-shot | "
              "fine-tuned - zero-shot |", "|---|---|---|---:|---:|---:|---:|---:|"]
     kept_all = []
@@ -311,12 +318,12 @@ def run_ablations(ctx: Context) -> None:
     everything = {**ctx.datalists, **ctx.ood}
     results = Results()
     rows = []
-    for recipe in (RECIPES["segmote"], *ABLATIONS):
+    chosen = [r for r in ABLATIONS if args.ablations is None or r.name in args.ablations]
+    for recipe in (RECIPES["segmote"], *chosen):
         run = train(recipe, ctx.paths(DATASETS), budget=ctx.budget, seed=seed,
                     out_dir=ctx.work / "runs" / f"{recipe.name}_seed{seed}", cache_dir=ctx.work / "cache", log=log)
         model = load_model(run["checkpoint"])
-        results.add(recipe.name, seed, evaluate(model, everything, ctx.cache, ctx.work / "eval" / recipe.name,
-                                                seed=0, log=log))
+        results.add(recipe.name, seed, ctx.evaluate(model, everything, recipe.name))
         rows.append((recipe, run, token_cosine(model)))
     header = ("| configuration | " + " | ".join(d.name for d in everything.values())
               + " | in-domain mean tight | ±10% | ACDC myocardium tight | prompt-free mean | minutes |")
@@ -392,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--overlap", choices=OVERLAP_RULES, default="smaller",
+                        help="the label map's rule where two classes' masks overlap (own-mask scores do not change)")
+    parser.add_argument("--ablations", nargs="+", default=None, choices=[r.name for r in ABLATIONS],
+                        metavar="NAME", help="ablations: only these configurations (default all); trained runs are "
+                                             "reused, so a later run with more names adds rows")
     args = parser.parse_args(argv)
     if not (args.data_root / "mri_abdomen_chaos_t2").is_dir():
         print(f"error: {args.data_root}: not the shared data folder (no mri_abdomen_chaos_t2/)", file=sys.stderr)
