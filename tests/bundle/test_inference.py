@@ -69,12 +69,14 @@ def test_2d_image_gives_a_2d_label_image(checkpoint, tmp_path):
         (["--prompt_mode", "auto"], "prompt_mode 'auto' (PPT, no prompt) needs a binary model; this one segments 2 classes"),
         (["--prompt_mode", "box"], "needs exactly one of --boxes"),
         (["--boxes", "{boxes}"], "box 0 lies outside the image"),
+        (["--roi", "{roi}", "--label_overlap", "largest"], "overlap must be one of ['smaller', 'logit'], got 'largest'"),
     ],
 )
 def test_refusals(checkpoint, tiny_dataset, tmp_path, args, message):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"boxes": [{"label": 1, "box": [500, 500, 1, 600, 600, 2]}]}))
-    args = [a.replace("{boxes}", str(boxes)) for a in args]
+    roi = tiny_dataset / "labels" / "case3.nii.gz"
+    args = [a.replace("{boxes}", str(boxes)).replace("{roi}", str(roi)) for a in args]
     run = infer(checkpoint, "--input", tiny_dataset / "images" / "case3.nii.gz", "--output_dir", tmp_path / "out", *args)
     assert run.returncode != 0 and message in run.stdout + run.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
