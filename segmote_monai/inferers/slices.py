@@ -38,10 +38,11 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
     """One slice's prompted masks -> its label map, where more than one mask claims a pixel.
 
     ``"smaller"``: the mask with the fewest positive pixels on the slice wins. Nested structures need it: the
-    box of an inner structure (the left-ventricle cavity, the gallbladder) lies inside the outer one's box, and
-    the outer structure's mask often covers the inner one with a higher logit than the inner mask has
-    (measured: SegMoTE's ACDC left ventricle scored 0.000 on the label map under ``"logit"`` and 0.9 on its
-    own mask); an inner mask rarely spills over the outer one. ``"logit"``: the highest logit wins.
+    box of an inner structure (the left-ventricle cavity; the gallbladder against the liver) lies inside the
+    outer one's box, whose mask often covers the inner structure with a higher logit than the inner mask has,
+    while an inner mask rarely spills over the outer one. Measured on the benchmarks' test splits (3 seeds):
+    SegMoTE's ACDC left ventricle 0.000 on the label map under ``"logit"``, 0.939 under ``"smaller"`` (its own
+    mask: 0.939); no set lost more than 0.002. ``"logit"``: the highest logit wins.
 
     Args:
         logits: [K, H, W] mask logits, one per prompt.
