@@ -77,8 +77,9 @@ def evaluate(model: SegMoTE, datalists: Mapping[str, Datalist], cache: Embedding
     out = {}
     for name, datalist in datalists.items():
         done = out_dir / name / "metrics.json"
-        if recorder is None and done.exists() and json.loads(done.read_text()).get("overlap", "logit") == overlap:
-            out[name] = json.loads(done.read_text())
+        previous = json.loads(done.read_text()) if recorder is None and done.exists() else None
+        if previous is not None and previous.get("overlap", "logit") == overlap:
+            out[name] = previous
             log(f"    {name}: read back from {done}")
             continue
         if recorder is not None:
