@@ -25,7 +25,7 @@ from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
 from segmote_monai.networks import build_segmote, read_trainable
 from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
 
-SHIPPED = REPO / "bundle/models/segmote_chaos_t2_lite_medsam.pt"
+SHIPPED = REPO / "bundle/models/model.pt"
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -88,7 +88,8 @@ def train(recipe: Recipe, datalists: Sequence[Path], *, budget: Budget, seed: in
                  **recipe.overrides, **(extra or {})}
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
                "--logging_file", str(CONFIGS / "logging.conf"), "--datalists", _arg(list(datalists)),
-               "--output_dir", str(out_dir), "--cache_dir", str(cache_dir)]
+               "--output_dir", str(out_dir), "--cache_dir", str(cache_dir), "--bundle_root", str(REPO / "bundle"),
+               "--model_path", str(out_dir / "models" / "model.pt")]
     for key, value in overrides.items():
         command += [f"--{key}", _arg(value)]
     log(f"  training {recipe.name} seed {seed}: {' '.join(command[3:5])} ... ({len(overrides)} overrides)")

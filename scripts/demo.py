@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundle" / "configs"
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
 DATA = REPO / "bundle" / "data" / "chaos_t2"
 
 
 def bundle(*args: object) -> None:
-    command = [sys.executable, "-m", "monai.bundle", *map(str, args)]
+    command = [sys.executable, "-m", "monai.bundle", *map(str, args), "--bundle_root", str(BUNDLE)]
     print("\n$ " + " ".join(shlex.quote(c) for c in ["python", *command[1:]]), flush=True)
     result = subprocess.run(command, cwd=REPO)
     if result.returncode != 0:
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
 
     bundle("run", "training", "--meta_file", CONFIGS / "metadata.json", "--config_file", CONFIGS / "train.json",
            "--logging_file", CONFIGS / "logging.conf", "--output_dir", out, "--max_epochs", args.max_epochs,
-           "--samples_per_volume", args.samples_per_volume, *common, *tracking)
+           "--samples_per_volume", args.samples_per_volume, "--model_path", out / "models" / "model.pt", *common,
+           *tracking)
     checkpoint = out / "models" / "segmote_best.pt"
     bundle("run", "evaluating", "--meta_file", CONFIGS / "metadata.json",
            "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",

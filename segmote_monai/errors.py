@@ -4,14 +4,47 @@ from __future__ import annotations
 
 from os import PathLike
 
+from monai.utils import optional_import
 
-class InputFileError(ValueError):
+# MONAI Label 0.8.5 has no exception handler of its own: any error inside a request becomes a bare "500 Internal
+# Server Error". FastAPI answers Starlette's HTTPException with its status and detail, so where Starlette is
+# installed (MONAI Label's server) a refused request names its reason in the response.
+_HTTPException, _HAS_STARLETTE = optional_import("starlette.exceptions", name="HTTPException")
+_BASES: tuple[type, ...] = (ValueError, _HTTPException) if _HAS_STARLETTE else (ValueError,)
+
+
+class RequestError(*_BASES):
+    """A value or file given by the user cannot be used; the message is one line. A ``ValueError``, and, where
+    Starlette is installed, also its ``HTTPException`` with status 400 and the message as detail."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.message = message
+        if _HAS_STARLETTE:
+            _HTTPException.__init__(self, status_code=400, detail=message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self):
+        return (RequestError, (self.message,))
+
+
+class InputFileError(RequestError):
     """A file given by the user cannot be used. The message is one line: ``<path>: <problem>``."""
 
     def __init__(self, path: str | PathLike, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
 
 
 class CheckpointMismatchError(InputFileError):

@@ -26,6 +26,17 @@ def shared_data(relative: str) -> Path:
     return path
 
 
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shipped_model_untouched():
+    """No test may train over the shipped weights (training's default ``model_path`` is the bundle's own)."""
+    before = SHIPPED_MODEL.stat().st_mtime_ns, SHIPPED_MODEL.read_bytes()
+    yield
+    assert (SHIPPED_MODEL.stat().st_mtime_ns, SHIPPED_MODEL.read_bytes()) == before, f"a test changed {SHIPPED_MODEL}"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

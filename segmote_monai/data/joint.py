@@ -29,7 +29,7 @@ import numpy as np
 
 from segmote_monai.data.datalist import Datalist, load_datalist
 
-__all__ = ["SAMPLING_RULES", "JointDatalist", "dataset_weights", "metric_name"]
+__all__ = ["SAMPLING_RULES", "JointDatalist", "dataset_weights", "metric_name", "samples_per_item"]
 
 SAMPLING_RULES = ("uniform", "proportional", "temperature")
 
@@ -67,6 +67,23 @@ def _split(total: int, shares: np.ndarray, rng: np.random.RandomState) -> list[i
         order = np.lexsort((rng.permutation(len(shares)), -(exact - counts)))
         counts[order[:left]] += 1
     return counts.tolist()
+
+
+def samples_per_item(datasets: Sequence[int], samples_per_epoch: int, *, rule: str = "uniform",
+                     temperature: float = 2.0, seed: int = 0) -> list[int]:
+    """Samples per epoch for each item, given each item's dataset index (``datasets``), under the sampling
+    ``rule``: the datasets' shares first, then an even split within each dataset, in the items' order."""
+    if samples_per_epoch < 1:
+        raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+    groups = sorted(set(datasets))
+    members = {g: [i for i, d in enumerate(datasets) if d == g] for g in groups}
+    rng = np.random.RandomState(seed)
+    per_dataset = _split(samples_per_epoch, dataset_weights([len(members[g]) for g in groups], rule, temperature), rng)
+    counts = [0] * len(datasets)
+    for g, total in zip(groups, per_dataset):
+        for i, c in zip(members[g], _split(total, np.full(len(members[g]), 1.0 / len(members[g])), rng)):
+            counts[i] = c
+    return counts
 
 
 @dataclass
@@ -136,15 +153,15 @@ class JointDatalist:
     def samples_per_case(self, samples_per_epoch: int, *, rule: str = "uniform", temperature: float = 2.0,
                          seed: int = 0, section: str = "training") -> list[int]:
         """Samples per epoch for each item of :meth:`items` (``section``), under the sampling ``rule``."""
-        if samples_per_epoch < 1:
-            raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
-        sizes = [len(d.items(section)) for d in self.datalists]
-        rng = np.random.RandomState(seed)
-        per_dataset = _split(samples_per_epoch, dataset_weights(sizes, rule, temperature), rng)
-        counts = []
-        for n, total in zip(sizes, per_dataset):
-            counts += _split(total, np.full(n, 1.0 / n), rng)
-        return counts
+        return samples_per_item([item["dataset"] for item in self.items(section)], samples_per_epoch, rule=rule,
+                                temperature=temperature, seed=seed)
+
+    def item_defaults(self) -> dict[str, Any]:
+        """What an item from elsewhere (MONAI Label's datastore: image and label only) is taken to be: the first
+        dataset's, so that its label values and modality apply."""
+        d = self.datalists[0]
+        return {"dataset": 0, "dataset_name": metric_name(d.name), "class_offset": 0, "task": d.task,
+                "label_encoding": d.label_encoding(), "modality": d.modality}
 
     def model_metadata(self) -> dict[str, Any]:
         """What a checkpoint carries for inference: the label names and task, and each dataset's part."""

@@ -17,7 +17,8 @@ from segmote_monai.atomic import atomic_path
 from segmote_monai.distributed import rank_and_world
 from segmote_monai.engines.step import unwrap
 from segmote_monai.errors import InputFileError
-from segmote_monai.networks.checkpoint import load_trainable_payload, trainable_payload
+from segmote_monai.handlers.checkpoint import BEST_METRIC_STATE
+from segmote_monai.networks.checkpoint import load_trainable_payload, trainable_payload, upgrade_payload
 from segmote_monai.networks.weights_file import load_weights_file
 from segmote_monai.options import as_bool
 
@@ -53,19 +54,19 @@ class TrainingResume:
     epoch and iteration, the best validation metric so far and the torch / numpy / python RNG states. When
     the run starts and that file exists, it is loaded (``weights_only``) and training continues with the next
     epoch; PPT's carrier probability follows from the epoch. So rerunning a killed command loses at most the
-    epoch it was in. Only rank 0 writes; every rank loads. ``enabled=False`` neither loads nor writes.
+    epoch it was in. A finished run (its last epoch saved) is not resumed: the command trains anew. Only rank 0
+    writes; every rank loads. ``enabled=False`` neither loads nor writes.
 
     The random state of MONAI's own random transforms is not saved: after a resume the slices drawn differ
     from those of an uninterrupted run.
     """
 
     def __init__(self, save_dir: str | os.PathLike, network: Any, optimizer: torch.optim.Optimizer, *,
-                 lr_scheduler: Any = None, checkpoint_saver: Any = None, enabled: bool = True) -> None:
+                 lr_scheduler: Any = None, enabled: bool = True) -> None:
         self.path = Path(save_dir) / "resume_state.pt"
         self.network = network
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        self.checkpoint_saver = checkpoint_saver
         self.enabled = as_bool(enabled, "resume")
 
     def attach(self, engine: Engine) -> None:
@@ -84,7 +85,7 @@ class TrainingResume:
             "model": trainable_payload(unwrap(self.network)),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": _plain(self.lr_scheduler.state_dict()) if self.lr_scheduler is not None else None,
-            "best": getattr(self.checkpoint_saver, "best", None),
+            "best": getattr(engine.state, BEST_METRIC_STATE, None),
             "rng": _rng_state(),
         }
         with atomic_path(self.path) as tmp:
@@ -96,14 +97,18 @@ class TrainingResume:
         payload = load_weights_file(self.path, what="training resume state")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise InputFileError(self.path, f"not a SegMoTE training resume state (expected format '{FORMAT}')")
-        load_trainable_payload(unwrap(self.network), payload["model"], self.path)
+        if payload["epoch"] >= engine.state.max_epochs:
+            # a finished run: running the command again (or MONAI Label's next /train request) trains anew
+            logger.info("the run saved in %s finished (epoch %d of %d): starting a new run", self.path,
+                        payload["epoch"], engine.state.max_epochs)
+            return
+        load_trainable_payload(unwrap(self.network), upgrade_payload(payload["model"]), self.path)
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.lr_scheduler is not None and payload["lr_scheduler"] is not None:
             current = self.lr_scheduler.state_dict()
             self.lr_scheduler.load_state_dict({k: Counter(v) if isinstance(current.get(k), Counter) else v
                                                for k, v in payload["lr_scheduler"].items()})
-        if self.checkpoint_saver is not None:
-            self.checkpoint_saver.best = payload["best"]
+        setattr(engine.state, BEST_METRIC_STATE, payload["best"])
         _set_rng_state(payload["rng"])
         engine.state.epoch, engine.state.iteration = payload["epoch"], payload["iteration"]
         logger.info("resuming after epoch %d of %d (iteration %d) from the saved training state", payload["epoch"],

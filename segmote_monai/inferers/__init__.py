@@ -1,3 +1,11 @@
-from segmote_monai.inferers.slices import OVERLAP_RULES, SlicePrompts, SliceSegmenter, merge_masks, prompts_from_label
+from segmote_monai.inferers.slices import (
+    OVERLAP_RULES,
+    PromptedSliceInferer,
+    SlicePrompts,
+    SliceSegmenter,
+    merge_masks,
+    prompts_from_label,
+)
 
-__all__ = ["OVERLAP_RULES", "SlicePrompts", "SliceSegmenter", "merge_masks", "prompts_from_label"]
+__all__ = ["OVERLAP_RULES", "PromptedSliceInferer", "SlicePrompts", "SliceSegmenter", "merge_masks",
+           "prompts_from_label"]

@@ -5,7 +5,11 @@ Format (a plain dict, read back with ``torch.load(weights_only=True)``)::
     {"format": "segmote-monai-trainable", "version": 1,
      "backbone": {"name": ..., "weights_sha256": ...}, "config": SegMoTE.config(),
      "metadata": {...},  # what inference needs to know, e.g. {"labels": {"1": "liver"}, "task": "multi-class"}
-     "state_dict": {name: tensor}}
+     "model": {name: tensor}}
+
+The weights sit under ``"model"``, the key MONAI's ``CheckpointLoader(load_dict={"model": net}, strict=False)`` and
+MONAI Label's model loading read, so the bundle's ``models/model.pt`` loads there as it is (the frozen backbone is
+built by ``network_def``). Versions 1 and 2 stored them under ``"state_dict"``; both are still read.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from segmote_monai.errors import CheckpointMismatchError, InputFileError
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.networks.weights_file import load_weights_file
 
-__all__ = ["load_trainable", "load_trainable_payload", "save_trainable", "trainable_payload", "trainable_state_dict"]
+__all__ = ["load_trainable", "load_trainable_payload", "read_trainable", "save_trainable", "trainable_payload",
+           "trainable_state_dict", "upgrade_payload"]
 
 FORMAT = "segmote-monai-trainable"
-VERSION = 2
+VERSION = 3
+_READ_VERSIONS = (1, 2, VERSION)
 #: Version 1 files were written before these options existed: they hold the paper's layout.
 V1_CONFIG = {"expert_attention": "shared", "mask_head": "routed", "experts_write_image": False,
              "trainable_reader": False, "ppt_beside_prompts": False}
@@ -49,7 +55,7 @@ def trainable_payload(model: SegMoTE, *, half: bool = False, metadata: dict | No
         "backbone": {"name": model.backbone_name, "weights_sha256": model.backbone_sha256},
         "config": model.config(),
         "metadata": dict(metadata or {}),
-        "state_dict": state,
+        "model": state,
     }
 
 
@@ -72,20 +78,29 @@ def read_trainable(path: str | os.PathLike) -> dict:
     payload = load_weights_file(path, what="SegMoTE checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputFileError(path, f"not a SegMoTE trainable checkpoint (expected format '{FORMAT}')")
-    if payload.get("version") not in (1, VERSION):
-        raise InputFileError(path, f"checkpoint version {payload.get('version')}, this package reads 1 and {VERSION}")
+    if payload.get("version") not in _READ_VERSIONS:
+        raise InputFileError(path, f"checkpoint version {payload.get('version')}, this package reads "
+                                   f"{', '.join(map(str, _READ_VERSIONS))}")
+    return upgrade_payload(payload)
+
+
+def upgrade_payload(payload: dict) -> dict:
+    """A payload of any version this package reads, as the current version."""
     if payload["version"] == 1:
         payload = _from_version_1(payload)
+    if payload["version"] == 2:
+        payload = {k: v for k, v in payload.items() if k != "state_dict"} | {"version": VERSION,
+                                                                            "model": payload["state_dict"]}
     return payload
 
 
 def _from_version_1(payload: dict) -> dict:
-    """A version 1 payload as version 2: the paper's layout, and the router's noise bias (version 2 learns one)
-    at zero, which is the noise version 1 computed."""
+    """A version 1 payload as version 2 (weights still under ``"state_dict"``): the paper's layout, and the
+    router's noise bias (version 2 learns one) at zero, which is the noise version 1 computed."""
     state = dict(payload["state_dict"])
     for key in [k for k in state if k.endswith(".router.noise.weight")]:
         state.setdefault(key[: -len("weight")] + "bias", torch.zeros(state[key].shape[0], dtype=state[key].dtype))
-    return {**payload, "version": VERSION, "config": {**V1_CONFIG, **payload["config"]}, "state_dict": state}
+    return {**payload, "version": 2, "config": {**V1_CONFIG, **payload["config"]}, "state_dict": state}
 
 
 def load_trainable(model: SegMoTE, path: str | os.PathLike) -> SegMoTE:
@@ -112,7 +127,7 @@ def load_trainable_payload(model: SegMoTE, payload: dict, path: str | os.PathLik
     if diffs:
         raise CheckpointMismatchError(path, "configuration differs: " + "; ".join(diffs))
     expected = trainable_state_dict(model)
-    state = payload["state_dict"]
+    state = payload["model"]
     if set(state) != set(expected):
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise CheckpointMismatchError(path, f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")

@@ -158,9 +158,16 @@ class SegMoTE(nn.Module):
         return total / foreground.sum(dim=(2, 3)).clamp(min=1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Prompt-free segmentation: [B, 3, H, W] images -> [B, 1, H, W] mask logits (PPT tokens when the
-        model has PPT; a multi-class, box-prompted model has none and its prompt-free output is not meant
-        for use)."""
+        """Prompt-free segmentation: [B, 3, H, W] images -> [B, 1, H, W] mask logits, or a stack of slices
+        [B, 3, H, W, S] -> [B, 1, H, W, S] (each slice on its own, as the bundle's metadata declares the input).
+        PPT tokens when the model has PPT; a multi-class, box-prompted model has none and its prompt-free output
+        is not meant for use."""
+        if images.ndim == 5:
+            b, c, h, w, s = images.shape
+            slices = images.permute(0, 4, 1, 2, 3).reshape(b * s, c, h, w)
+            return self.forward(slices).reshape(b, s, -1, h, w).permute(0, 2, 3, 4, 1)
+        if images.ndim != 4:
+            raise ValueError(f"expected images [B, 3, H, W] or [B, 3, H, W, S], got shape {tuple(images.shape)}")
         return self.predict(images=images).masks
 
     def predict(

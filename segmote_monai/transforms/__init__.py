@@ -12,6 +12,7 @@ from segmote_monai.transforms.array import (
 )
 from segmote_monai.transforms.dictionary import (
     BackboneNormalized,
+    ItemDefaultsd,
     LabelToPromptsd,
     LoadPaird,
     RandPromptd,
@@ -22,10 +23,15 @@ from segmote_monai.transforms.dictionary import (
     SliceVolumed,
     ToRGBd,
 )
+from segmote_monai.transforms.prompts import PROMPT_MODES, PROMPTS_META_KEY, AttachPromptsd
 
 __all__ = [
     "MODALITIES",
+    "PROMPTS_META_KEY",
+    "PROMPT_MODES",
+    "AttachPromptsd",
     "BackboneNormalized",
+    "ItemDefaultsd",
     "LabelToPrompts",
     "LabelToPromptsd",
     "LoadPaird",

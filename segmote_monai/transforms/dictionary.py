@@ -10,6 +10,7 @@ A training pipeline, split where the embedding cache sits (see :mod:`segmote_mon
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,23 @@ __all__ = [
     "SliceVolumed",
     "ToRGBd",
 ]
+
+
+class ItemDefaultsd(MapTransform):
+    """Fills the keys an item lacks (or holds as None) from ``defaults``; keys it has are kept. Items from
+    MONAI Label's datastore carry only ``image`` and ``label``: this gives them a modality and label encoding.
+    """
+
+    def __init__(self, defaults: Mapping[str, Any]) -> None:
+        super().__init__(list(defaults), allow_missing_keys=True)
+        self.defaults = dict(defaults)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, value in self.defaults.items():
+            if d.get(key) is None:
+                d[key] = copy.deepcopy(value)
+        return d
 
 
 class LoadPaird(MapTransform):

@@ -18,9 +18,21 @@ CONFIGS = REPO / "bundle" / "configs"
 NON_RAS = np.array([[0.0, -1.5, 0.0, 30.0], [-1.2, 0.0, 0.0, 20.0], [0.0, 0.0, 4.0, -10.0], [0, 0, 0, 1]])
 
 
+def bundle_args(*args) -> list[str]:
+    """``monai.bundle`` arguments as the tests run them from the repository root: ``--bundle_root`` is the
+    repository's bundle (the configs' own default is ``.``, the zoo's layout), and a run given an
+    ``--output_dir`` writes its ``model.pt`` there, never over the shipped ``bundle/models/model.pt``."""
+    args = [str(a) for a in args]
+    if "--config_file" in args and "--bundle_root" not in args:
+        args += ["--bundle_root", str(REPO / "bundle")]
+    if "--output_dir" in args and "--model_path" not in args:
+        args += ["--model_path", str(Path(args[args.index("--output_dir") + 1]) / "models" / "model.pt")]
+    return args
+
+
 def bundle_cli(*args, cwd=REPO, timeout=600, env=None):
-    """Runs ``python -m monai.bundle ...``; returns the completed process (stdout + stderr together)."""
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *map(str, args)], cwd=cwd, capture_output=True,
+    """Runs ``python -m monai.bundle ...`` (see :func:`bundle_args`); returns the completed process."""
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *bundle_args(*args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.bundle.conftest import CONFIGS, REPO, TINY_OVERRIDES
+from tests.bundle.conftest import CONFIGS, REPO, TINY_OVERRIDES, bundle_args
 
 NO_NETWORK = """
 import runpy, socket, sys
@@ -23,7 +23,7 @@ runpy.run_module("monai.bundle", run_name="__main__")
 
 
 def _offline(attempts, *args):
-    return subprocess.run([sys.executable, "-c", NO_NETWORK, str(attempts), *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-c", NO_NETWORK, str(attempts), *bundle_args(*args)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
 
 

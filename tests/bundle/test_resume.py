@@ -11,16 +11,16 @@ import time
 import torch
 
 from segmote_monai.networks import build_segmote, load_trainable
-from tests.bundle.conftest import CONFIGS, REPO
+from tests.bundle.conftest import CONFIGS, REPO, bundle_args
 
 EPOCHS = 6
 
 
 def _command(tiny_dataset, out):
-    return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
-            "--dataset_dir", str(tiny_dataset), "--datalist", str(tiny_dataset / "datalist.json"),
-            "--output_dir", str(out), "--backbone", "tiny", "--expert_hidden_dim", "64", "--batch_size", "4",
-            "--samples_per_volume", "24", "--max_epochs", str(EPOCHS)]
+    return [sys.executable, "-m", "monai.bundle", *bundle_args(
+        "run", "training", "--config_file", CONFIGS / "train.json", "--dataset_dir", tiny_dataset, "--datalist",
+        tiny_dataset / "datalist.json", "--output_dir", out, "--backbone", "tiny", "--expert_hidden_dim", "64",
+        "--batch_size", "4", "--samples_per_volume", "24", "--max_epochs", EPOCHS)]
 
 
 def test_killed_training_resumes_losing_at_most_one_epoch(tiny_dataset, tmp_path):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.bundle.conftest import CONFIGS, REPO, TINY_OVERRIDES, bundle_cli
+from tests.bundle.conftest import CONFIGS, REPO, TINY_OVERRIDES, bundle_args, bundle_cli
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -36,9 +36,9 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(tiny_dataset, tmp_path
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
-         "run", "training", "--config_file", configs, "--dataset_dir", str(tiny_dataset),
-         "--datalist", str(tiny_dataset / "datalist.json"), "--output_dir", str(tmp_path), *TINY_OVERRIDES[:-6],
-         "--max_epochs", "2", "--samples_per_volume", "4", "--batch_size", "2"],
+         *bundle_args("run", "training", "--config_file", configs, "--dataset_dir", tiny_dataset,
+                      "--datalist", tiny_dataset / "datalist.json", "--output_dir", tmp_path, *TINY_OVERRIDES[:-6],
+                      "--max_epochs", "2", "--samples_per_volume", "4", "--batch_size", "2")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ from monai.bundle import ConfigParser
 
 from segmote_monai.networks import read_trainable
 from tests.bundle.conftest import CONFIGS, TINY_OVERRIDES, bundle_cli
-from tests.conftest import shared_data
 
 CONFIG_FILES = ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "multi_gpu_evaluate.json"]
 
@@ -36,7 +36,7 @@ def test_variant_configs_only_override():
 
 
 def test_metadata_verifies_offline(tmp_path):
-    schema = shared_data("../schemas/meta_schema_20240725.json")
+    schema = Path(__file__).parent / "zoo_ci" / "meta_schema_20240725.json"
     run = bundle_cli("verify_metadata", "--meta_file", CONFIGS / "metadata.json", "--filepath", schema)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "metadata is verified with no error" in run.stdout + run.stderr
@@ -60,7 +60,7 @@ def test_training_epochs_write_the_trainable_checkpoints(trained_bundle):
         payload = read_trainable(out / "models" / name)
         assert payload["backbone"]["name"] == "tiny"
         assert payload["metadata"]["labels"] == {"0": "background", "1": "organ", "2": "lesion"}
-        assert not any(k.startswith("image_encoder.") for k in payload["state_dict"])
+        assert not any(k.startswith("image_encoder.") for k in payload["model"])
 
 
 def test_several_datalists_train_one_model_with_per_dataset_metrics(tiny_dataset, tmp_path):

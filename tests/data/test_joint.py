@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segmote_monai.data.joint import JointDatalist, dataset_weights, metric_name
+from segmote_monai.data.joint import JointDatalist, dataset_weights, metric_name, samples_per_item
 from segmote_monai.data.slice_dataset import SliceSampleDataset
 from segmote_monai.transforms import LoadPaird
 
@@ -94,6 +94,26 @@ def test_samples_per_case_follow_the_rule_and_sum_exactly(joint):
     assert sum(proportional[:3]) == 30 and sum(proportional[3:]) == 80  # 3 and 8 cases
     with pytest.raises(ValueError, match="samples_per_epoch must be >= 1, got 0"):
         joint.samples_per_case(0)
+
+
+def test_samples_per_item_groups_items_by_dataset_in_any_order(joint):
+    datasets = [item["dataset"] for item in joint.items("training")]
+    assert samples_per_item(datasets, 100, seed=0) == joint.samples_per_case(100, seed=0)
+    shuffled = [1, 0, 1, 1, 0, 1]
+    counts = samples_per_item(shuffled, 60, rule="uniform", seed=0)
+    assert sum(c for c, d in zip(counts, shuffled) if d == 0) == 30 and sum(counts) == 60
+    assert samples_per_item([0, 0], 16) == [8, 8]  # MONAI Label's items: no dataset key, dataset 0
+
+
+def test_item_defaults_are_the_first_datasets(joint):
+    from segmote_monai.transforms import ItemDefaultsd
+
+    defaults = joint.item_defaults()
+    assert defaults["modality"] == "MR" and defaults["label_encoding"] == joint.datalists[0].label_encoding()
+    filled = ItemDefaultsd(defaults)({"image": "a.nii.gz", "label": "b.nii.gz", "modality": None})
+    assert filled["modality"] == "MR" and filled["class_offset"] == 0 and filled["image"] == "a.nii.gz"
+    kept = ItemDefaultsd(defaults)({"image": "a.png", "modality": "RGB", "dataset": 1})
+    assert kept["modality"] == "RGB" and kept["dataset"] == 1
 
 
 def test_datalist_names_must_differ(tmp_path):

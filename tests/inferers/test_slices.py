@@ -129,3 +129,52 @@ def test_label_values_past_255_get_a_wider_dtype():
     label = _label_volume() * 150  # classes 150 and 300
     pred = SliceSegmenter(BoxPainter(), backbone="tiny")(torch.rand(1, 32, 48, 5), prompts_from_label(label, [150, 300]))
     assert pred.dtype == torch.int32 and set(pred.unique().tolist()) == {0, 150, 300}
+
+
+def _with_prompts(image, prompts):
+    from monai.data import MetaTensor
+
+    from segmote_monai.transforms import PROMPTS_META_KEY
+
+    image = MetaTensor(image)
+    image.meta[PROMPTS_META_KEY] = prompts
+    return image
+
+
+def test_prompted_inferer_is_the_slice_segmenter_behind_monais_inferer_call():
+    """MONAI Label calls ``inferer(inputs, network)`` with the batched image: the prompts ride in its meta."""
+    from segmote_monai.inferers import PromptedSliceInferer
+
+    image, label = torch.rand(1, 32, 48, 5), _label_volume()
+    prompts = prompts_from_label(label, [1, 2])
+    inputs = _with_prompts(image, prompts)[None]  # [1, C, H, W, S], as MONAI Label batches it
+    out = PromptedSliceInferer(backbone="tiny")(inputs, BoxPainter())
+    assert out.shape == (1, 1, 32, 48, 5)
+    assert torch.equal(out[0], SliceSegmenter(BoxPainter(), backbone="tiny")(image, prompts))
+
+
+@pytest.mark.parametrize(
+    "inputs,message",
+    [
+        (torch.rand(1, 1, 32, 48, 5), "carries no prompts"),
+        (_with_prompts(torch.rand(2, 1, 32, 48, 5), None), r"expected one image \[1, C, H, W\(, S\)\]"),
+        (_with_prompts(torch.rand(1, 1, 32, 48, 5), None), "prompt-free use needs a model trained with PPT"),
+    ],
+    ids=["no-prompts", "batch-of-two", "prompt-free-without-ppt"],
+)
+def test_prompted_inferer_refusals(inputs, message):
+    from segmote_monai.inferers import PromptedSliceInferer
+
+    model = BoxPainter()
+    model.ppt = None
+    with pytest.raises(ValueError, match=message):
+        PromptedSliceInferer(backbone="tiny")(inputs, model)
+
+
+@pytest.mark.parametrize("kwargs,message", [({"overlap": "largest"}, "overlap must be one of"),
+                                            ({"batch_size": 0}, "batch_size must be >= 1")])
+def test_prompted_inferer_arguments(kwargs, message):
+    from segmote_monai.inferers import PromptedSliceInferer
+
+    with pytest.raises(ValueError, match=message):
+        PromptedSliceInferer(backbone="tiny", **kwargs)

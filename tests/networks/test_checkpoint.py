@@ -37,7 +37,7 @@ def test_holds_only_the_trainable_part_and_is_weights_only(tmp_path):
     payload = torch.load(path, weights_only=True)
     assert payload["backbone"] == {"name": "tiny", "weights_sha256": model.backbone_sha256}
     assert payload["config"] == model.config()
-    keys = set(payload["state_dict"])
+    keys = set(payload["model"])
     assert keys == set(trainable_state_dict(model))
     assert not any(k.startswith(("image_encoder.", "prompt_encoder.", "decoder.mask_decoder.")) for k in keys)
     assert any(k.startswith("decoder.mote_blocks.") for k in keys) and any(k.startswith("ppt.") for k in keys)
@@ -46,14 +46,14 @@ def test_holds_only_the_trainable_part_and_is_weights_only(tmp_path):
 
 def test_unfrozen_decoder_is_saved_too(tmp_path):
     model = _trained(train_decoder=True)
-    keys = set(torch.load(save_trainable(model, tmp_path / "c.pt"), weights_only=True)["state_dict"])
+    keys = set(torch.load(save_trainable(model, tmp_path / "c.pt"), weights_only=True)["model"])
     assert "decoder.mask_decoder.iou_token.weight" in keys
 
 
 def test_half_storage(tmp_path):
     model = _trained()
     path = save_trainable(model, tmp_path / "half.pt", half=True)
-    state = torch.load(path, weights_only=True)["state_dict"]
+    state = torch.load(path, weights_only=True)["model"]
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     fresh = load_trainable(tiny_segmote().eval(), path)
     torch.testing.assert_close(fresh(IMAGES), model(IMAGES), rtol=1e-2, atol=1e-2)
@@ -112,12 +112,12 @@ def test_version_1_files_load_as_the_papers_layout(tmp_path):
     payload["version"] = 1
     payload["config"] = {k: v for k, v in payload["config"].items()
                          if k not in ("expert_attention", "mask_head", "experts_write_image")}
-    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.endswith("router.noise.bias")}
+    payload["state_dict"] = {k: v for k, v in payload.pop("model").items() if not k.endswith("router.noise.bias")}
     torch.save(payload, tmp_path / "v1.pt")
     read = read_trainable(tmp_path / "v1.pt")
-    assert read["version"] == 2 and read["config"]["expert_attention"] == "shared"
+    assert read["version"] == 3 and read["config"]["expert_attention"] == "shared" and "state_dict" not in read
     assert read["config"]["mask_head"] == "routed" and not read["config"]["experts_write_image"]
-    assert not read["state_dict"]["decoder.mote_blocks.0.router.noise.bias"].any()
+    assert not read["model"]["decoder.mote_blocks.0.router.noise.bias"].any()
     new = build_segmote("tiny", **{**TINY_WIDTHS, **read["config"]}, trainable_checkpoint=tmp_path / "v1.pt").eval()
     images, boxes = torch.rand(1, 3, 64, 64), torch.tensor([[5.0, 6.0, 40.0, 50.0]])
     torch.testing.assert_close(new.predict(images=images, boxes=boxes).masks, old.predict(images=images, boxes=boxes).masks)
@@ -126,6 +126,35 @@ def test_version_1_files_load_as_the_papers_layout(tmp_path):
 def test_unknown_versions_are_refused(tmp_path):
     from segmote_monai.networks.checkpoint import trainable_payload
 
-    torch.save({**trainable_payload(tiny_segmote()), "version": 3}, tmp_path / "v3.pt")
-    with pytest.raises(InputFileError, match="checkpoint version 3, this package reads 1 and 2"):
-        load_trainable(tiny_segmote(), tmp_path / "v3.pt")
+    torch.save({**trainable_payload(tiny_segmote()), "version": 4}, tmp_path / "v4.pt")
+    with pytest.raises(InputFileError, match="checkpoint version 4, this package reads 1, 2, 3"):
+        load_trainable(tiny_segmote(), tmp_path / "v4.pt")
+
+
+def test_version_2_files_read_with_weights_under_model(tmp_path):
+    from segmote_monai.networks.checkpoint import read_trainable, trainable_payload
+
+    model = tiny_segmote()
+    payload = trainable_payload(model)
+    payload["version"], payload["state_dict"] = 2, payload.pop("model")
+    torch.save(payload, tmp_path / "v2.pt")
+    read = read_trainable(tmp_path / "v2.pt")
+    assert read["version"] == 3 and "state_dict" not in read and set(read["model"]) == set(payload["state_dict"])
+    load_trainable(tiny_segmote(), tmp_path / "v2.pt")
+
+
+def test_monai_checkpoint_loader_reads_the_file_under_model(tmp_path):
+    """The file loads with MONAI's CheckpointLoader as MONAI Label's training adds it (``strict=False``)."""
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointLoader
+
+    torch.manual_seed(0)
+    trained = tiny_segmote()
+    for p in trained.parameters():
+        if p.requires_grad:
+            p.data.add_(1.0)
+    save_trainable(trained, tmp_path / "model.pt")
+    fresh = tiny_segmote()
+    CheckpointLoader(load_path=str(tmp_path / "model.pt"), load_dict={"model": fresh}, strict=False)(Engine(lambda e, b: None))
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, msg=name)

@@ -54,6 +54,21 @@ def test_forward_is_prompt_free_predict():
     torch.testing.assert_close(model(IMAGES), model.predict(images=IMAGES).masks)
 
 
+def test_forward_on_a_stack_of_slices_is_slice_by_slice():
+    model = tiny_segmote().eval()
+    stack = torch.stack([IMAGES, IMAGES.flip(-1), IMAGES.flip(-2)], dim=-1)  # [2, 3, 64, 64, 3]
+    out = model(stack)
+    assert out.shape == (2, 1, 64, 64, 3)
+    for s in range(3):
+        torch.testing.assert_close(out[..., s], model(stack[..., s]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 3, 64, 64, 2, 1)])
+def test_forward_refuses_other_ranks(shape):
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, H, W\]"):
+        tiny_segmote().eval()(torch.rand(shape))
+
+
 def test_eval_is_deterministic_and_training_is_noisy():
     model = tiny_segmote().eval()
     first = model.predict(images=IMAGES, boxes=BOXES, image_index=INDEX)
