@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from segmote_monai.inferers import SliceSegmenter
+from segmote_monai.inferers.propagation import PropagationSeed, propagate
+
+
+class ObjectInBox(torch.nn.Module):
+    """A stand-in SegMoTE that segments the bright pixels inside each box (its mask logit +1 there, -1 elsewhere)."""
+
+    img_size = 64
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = torch.nn.Linear(1, 1)
+        self.encoded = 0
+
+    def embed_images(self, images):
+        self.encoded += len(images)
+        return images[:, :1]
+
+    def predict(self, *, image_embeddings, boxes):
+        masks = -torch.ones(len(boxes), 1, 64, 64)
+        for row, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+            inside = torch.zeros(64, 64, dtype=torch.bool)
+            inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+            masks[row, 0][inside & (image_embeddings[0, 0] > 0.5)] = 1.0
+        return SimpleNamespace(masks=masks, iou_predictions=torch.ones(len(boxes), 1))
+
+
+def _volume():
+    """[1, 64, 64, 10]: organ 1 on slices 2-6 (drifting one pixel a slice), organ 2 on slices 5-8; slice 9 holds
+    a bright patch far from both."""
+    image = torch.zeros(1, 64, 64, 10)
+    for z in range(2, 7):
+        image[0, 10 + z:24 + z, 8:22, z] = 1.0
+    for z in range(5, 9):
+        image[0, 40:52, 40:50, z] = 1.0
+    image[0, 2:6, 50:60, 9] = 1.0
+    return image
+
+
+def test_propagation_walks_both_ways_until_the_structure_ends_and_encodes_each_slice_once():
+    model = ObjectInBox()
+    segmenter = SliceSegmenter(model, backbone="tiny")
+    seeds = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0)), PropagationSeed(2, 6, (40.0, 40.0, 49.0, 51.0))]
+    labels, reached = propagate(segmenter, _volume(), seeds)
+    assert reached == {1: [2, 3, 4, 5, 6], 2: [5, 6, 7, 8]}
+    assert labels.shape == (1, 64, 64, 10)
+    truth = (_volume() > 0.5)[0]
+    assert torch.equal(labels[0, :, :, 2:7] == 1, truth[:, :, 2:7] & (torch.arange(64)[None, :, None] < 32))
+    assert not labels[0, :, :, 9].any()  # the far patch is never reached
+    assert model.encoded == len({*reached[1], *reached[2], 1, 9})  # each tried slice once; 0 never tried
+
+
+def test_a_range_keeps_the_propagation_inside_it():
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    _, reached = propagate(segmenter, _volume(), [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0), first=3, last=5)])
+    assert reached == {1: [3, 4, 5]}
+
+
+def test_a_jump_stops_the_propagation():
+    """Where the structure ends but something else lies in the widened box, the mask jumps: the overlap rule stops."""
+    image = _volume()
+    image[0, :, :, 7] = 0.0
+    image[0, 17:40, 8:22, 7] = 1.0  # a larger object below organ 1's last position, barely overlapping it
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
+    assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.0)[1][1][-1] == 7
+    assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.7)[1][1][-1] == 6
+
+
+@pytest.mark.parametrize("kwargs,seed,message", [
+    ({"margin": -0.1}, 4, "margin must be >= 0"),
+    ({"min_pixels": 0}, 4, "min_pixels must be >= 1"),
+    ({"min_overlap": 1.5}, 4, r"min_overlap must be in \[0, 1\]"),
+    ({}, 12, "seed slice 12 of class 1 is outside the image"),
+])
+def test_refusals(kwargs, seed, message):
+    with pytest.raises(ValueError, match=message):
+        propagate(SliceSegmenter(ObjectInBox(), backbone="tiny"), _volume(),
+                  [PropagationSeed(1, seed, (8.0, 14.0, 21.0, 27.0))], **kwargs)
