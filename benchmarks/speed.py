@@ -23,7 +23,7 @@ from segmote_monai.apps.inference import BundleInference
 from segmote_monai.data.slicing import volume_to_slices
 from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
 from segmote_monai.networks import build_segmote, read_trainable
-from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
+from segmote_monai.transforms import AttachPromptsd, LoadPaird, ScaleIntensityByModalityd
 
 SHIPPED = REPO / "bundle/models/model.pt"
 
@@ -91,7 +91,8 @@ def volume_inference(image: Path, label: Path, work: Path) -> dict[str, float]:
     model.embed_images, model.predict = encoder, decoder
     load = LoadPaird(label_values=[c for c in labels if c > 0], allow_missing_keys=True)
     scale = ScaleIntensityByModalityd(keys="image", modality="MR")
-    app = BundleInference(network=model, load=lambda d: scale(load(d)), backbone="lite_medsam", input=image,
+    attach = AttachPromptsd(labels=labels)
+    app = BundleInference(network=model, load=lambda d: attach(scale(load(d))), backbone="lite_medsam", input=image,
                           output_dir=work / "volume_inference", labels=labels, task="multi-class", roi=label,
                           checkpoint=SHIPPED, progress=False)
     start = time.perf_counter()

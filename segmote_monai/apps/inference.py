@@ -28,10 +28,10 @@ from tqdm import tqdm
 from segmote_monai.atomic import atomic_path
 from segmote_monai.data.readers import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_2d_path
 from segmote_monai.errors import InputFileError
-from segmote_monai.inferers.slices import SliceSegmenter
+from segmote_monai.inferers.slices import PromptedSliceInferer
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.transforms.dictionary import RestoreGridd
-from segmote_monai.transforms.prompts import PROMPT_MODES, PROMPTS_META_KEY, boxes_to_slice_prompts
+from segmote_monai.transforms.prompts import PROMPT_MODES, boxes_to_slice_prompts
 
 __all__ = ["PROMPT_MODES", "BundleInference", "boxes_to_slice_prompts", "list_cases"]
 
@@ -114,8 +114,9 @@ class BundleInference:
         self.boxes = Path(boxes) if boxes is not None else None
         self.roi = Path(roi) if roi is not None else None
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.segmenter = SliceSegmenter(network, backbone=backbone, cache=cache, batch_size=slice_batch_size,
-                                        overlap=overlap)
+        self.inferer = PromptedSliceInferer(backbone=backbone, cache=cache, batch_size=slice_batch_size,
+                                            overlap=overlap, prompt_free_class=min(self.labels),
+                                            ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts)
         self.postprocess = RestoreGridd(keys="pred", reference_key="image")
         self.progress = progress
 
@@ -170,9 +171,7 @@ class BundleInference:
         written = []
         for path in tqdm(cases, desc="segmenting", unit="case", disable=not self.progress):
             data = self.load({"image": str(path), **({"label": str(self.roi)} if self.roi else {})})
-            prompts = data["image"].meta[PROMPTS_META_KEY]
-            beside = prompts is not None and self.task == "binary" and self.network.ppt_beside_prompts
-            pred = self.segmenter(data["image"], prompts, prompt_free_class=min(self.labels), ppt_beside_boxes=beside)
+            pred = self.inferer(data["image"][None], self.network)[0]
             restored = self.postprocess({"image": data["image"], "pred": pred})["pred"]
             affine = restored.affine.numpy()
             target, sidecar = self._targets(path)

@@ -30,7 +30,7 @@ import torch
 
 from segmote_monai.data.slicing import slices_to_volume, volume_to_slices
 from segmote_monai.inferers.slices import SliceSegmenter, merge_masks
-from segmote_monai.transforms.array import scale_boxes
+from segmote_monai.transforms.array import box_of_mask, scale_boxes
 
 __all__ = ["PropagationSeed", "propagate"]
 
@@ -54,8 +54,7 @@ class PropagationSeed:
 
 
 def _next_box(mask: torch.Tensor, margin: float) -> tuple[float, float, float, float]:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    x0, x1, y0, y1 = xs.min().item(), xs.max().item(), ys.min().item(), ys.max().item()
+    x0, y0, x1, y1 = box_of_mask(mask).tolist()
     dx, dy = max(1.0, margin * (x1 - x0 + 1)), max(1.0, margin * (y1 - y0 + 1))
     h, w = mask.shape
     return max(0.0, x0 - dx), max(0.0, y0 - dy), min(w - 1.0, x1 + dx), min(h - 1.0, y1 + dy)

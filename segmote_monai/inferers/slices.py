@@ -70,6 +70,13 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
     return torch.where(positive.any(dim=0), torch.as_tensor(classes).long()[winner], 0)
 
 
+def _check_options(*, batch_size: int, overlap: str) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if overlap not in OVERLAP_RULES:
+        raise ValueError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
+
+
 class SliceSegmenter:
     """Segments every slice of an image with SegMoTE and reassembles a label map on the oriented grid.
 
@@ -83,10 +90,7 @@ class SliceSegmenter:
 
     def __init__(self, model: SegMoTE, *, backbone: str, batch_size: int = 8,
                  cache: EmbeddingCache | None = None, overlap: str = "smaller") -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if overlap not in OVERLAP_RULES:
-            raise ValueError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
+        _check_options(batch_size=batch_size, overlap=overlap)
         self.overlap = overlap
         self.model = model
         self.size = model.img_size
@@ -198,10 +202,7 @@ class PromptedSliceInferer(Inferer):
     def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
                  overlap: str = "smaller", prompt_free_class: int = 1, ppt_beside_boxes: bool = False) -> None:
         super().__init__()
-        if overlap not in OVERLAP_RULES:
-            raise ValueError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_options(batch_size=batch_size, overlap=overlap)
         self.backbone = backbone
         self.batch_size = batch_size
         self.cache = cache
