@@ -8,7 +8,8 @@ For each case: ``<name>_seg.nii.gz`` (label map with the model's label values; w
 overlap, ``overlap`` decides: by default the smaller mask; ``<name>_seg.png`` for a 2D image) or, with
 ``output_format="dicom_seg"`` and a DICOM series folder as input, ``<name>_seg.dcm`` (a DICOM-SEG of that series:
 :func:`~segmote_monai.data.dicom_seg.write_dicom_seg`), and ``<name>_seg.json`` (label names, volume of each
-structure in mL, prompt mode, checkpoint hash, package versions), each written atomically.
+structure in mL, prompt mode, checkpoint hash, package versions, and for propagated boxes the slices each
+reached, as indices along the stored file's axis), each written atomically.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from tqdm import tqdm
 from segmote_monai.atomic import atomic_path
 from segmote_monai.data.dicom_seg import read_series_headers, write_dicom_seg
 from segmote_monai.data.readers import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_2d_path
+from segmote_monai.data.slicing import stored_slice_axis
 from segmote_monai.errors import InputFileError
-from segmote_monai.inferers.slices import PromptedSliceInferer
+from segmote_monai.inferers.prompted import PromptedSliceInferer
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.transforms.dictionary import RestoreGridd
 from segmote_monai.transforms.prompts import PROMPT_MODES, boxes_to_slice_prompts
@@ -89,6 +91,8 @@ class BundleInference:
         checkpoint: the trainable checkpoint file, for the sidecar's hash (None: untrained parts).
         overlap: where two classes' masks overlap, which wins (:func:`~segmote_monai.inferers.merge_masks`).
         output_format: ``nifti`` (PNG for 2D images) or ``dicom_seg`` (DICOM series inputs only).
+        propagation: the stopping rule of boxes marked ``"propagate"`` (keyword arguments of
+            :func:`~segmote_monai.inferers.propagation.propagate`); the sidecar lists the slices each reached.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class BundleInference:
         slice_batch_size: int = 8,
         overlap: str = "smaller",
         output_format: str = "nifti",
+        propagation: dict[str, Any] | None = None,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -123,7 +128,8 @@ class BundleInference:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.inferer = PromptedSliceInferer(backbone=backbone, cache=cache, batch_size=slice_batch_size,
                                             overlap=overlap, prompt_free_class=min(self.labels),
-                                            ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts)
+                                            ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
+                                            propagation=propagation)
         self.postprocess = RestoreGridd(keys="pred", reference_key="image")
         self.output_format = output_format
         self.progress = progress
@@ -144,6 +150,14 @@ class BundleInference:
             "backbone": self.network.backbone_name,
             "versions": _versions(),
         }
+
+    def _reached(self, oriented: torch.Tensor) -> dict[str, Any]:
+        """Per propagated structure, the slices its propagation reached, as indices along the stored file's axis."""
+        out = {}
+        for c, slices in self.inferer.last_reached.items():
+            axis, stored = stored_slice_axis(oriented, slices) if oriented.ndim == 4 else (None, slices)
+            out[self.labels.get(c, str(c))] = {"axis": axis, "slices": sorted(stored)}
+        return out
 
     def _targets(self, path: Path) -> tuple[Path, Path]:
         """The label map and sidecar written for input ``path``."""
@@ -198,6 +212,8 @@ class BundleInference:
             target, sidecar = self._targets(path)
             array = restored[0].numpy().astype(np.uint8 if max(self.labels) < 256 else np.int32)
             summary = self._sidecar(restored, affine)
+            if self.inferer.last_reached:
+                summary["propagation"] = self._reached(data["image"])
             if target.suffix == ".png":  # a 2D image gets a 2D label image
                 with atomic_path(target) as tmp:
                     Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")

@@ -5,6 +5,7 @@ from segmote_monai.data.slicing import (
     orient_for_slicing,
     restore_grid,
     slices_to_volume,
+    stored_slice_axis,
     volume_to_slices,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "orient_for_slicing",
     "restore_grid",
     "slices_to_volume",
+    "stored_slice_axis",
     "volume_to_slices",
 ]

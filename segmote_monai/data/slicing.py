@@ -15,7 +15,8 @@ from monai.transforms import Orientation
 
 from segmote_monai.errors import InputFileError
 
-__all__ = ["SLICE_AXES", "check_pair", "orient_for_slicing", "restore_grid", "slices_to_volume", "volume_to_slices"]
+__all__ = ["SLICE_AXES", "check_pair", "orient_for_slicing", "restore_grid", "slices_to_volume", "stored_slice_axis",
+           "volume_to_slices"]
 
 SLICE_AXES = {"axial": "PLS", "coronal": "ILP", "sagittal": "IPL"}
 
@@ -35,6 +36,15 @@ def orient_for_slicing(image: MetaTensor, slice_axis: str = "axial") -> MetaTens
     oriented = Orientation(axcodes=_axcodes(slice_axis), labels=None)(image)
     oriented.meta["read_affine"] = read_affine
     return oriented
+
+
+def stored_slice_axis(oriented: MetaTensor, slices: list[int]) -> tuple[int, list[int]]:
+    """The stored file's axis that the oriented image's slices run along, and the indices along it of
+    ``slices`` (oriented slice indices), so that a sidecar speaks of the slices a user sees in the file."""
+    to_stored = np.linalg.inv(np.asarray(oriented.meta["read_affine"], dtype=np.float64)) @ np.asarray(
+        oriented.affine, dtype=np.float64)
+    axis = int(np.abs(to_stored[:3, 2]).argmax())
+    return axis, [round(float(to_stored[axis, 2] * z + to_stored[axis, 3])) for z in slices]
 
 
 def check_pair(image: MetaTensor, label: MetaTensor, *, atol_mm: float = 1e-2) -> None:

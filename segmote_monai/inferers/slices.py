@@ -11,15 +11,12 @@ grows with the batch, not with the number of slices.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import Inferer
 
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.slicing import slices_to_volume, volume_to_slices
-from segmote_monai.errors import RequestError
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.transforms.array import (
     ResizeLongestSidePad,
@@ -27,9 +24,9 @@ from segmote_monai.transforms.array import (
     backbone_normalization,
     scale_boxes,
 )
-from segmote_monai.transforms.prompts import PROMPTS_META_KEY, prompts_from_label
+from segmote_monai.transforms.prompts import prompts_from_label
 
-__all__ = ["OVERLAP_RULES", "PromptedSliceInferer", "SlicePrompts", "SliceSegmenter", "merge_masks",
+__all__ = ["OVERLAP_RULES", "SlicePrompts", "SliceSegmenter", "check_options", "merge_masks",
            "prompts_from_label"]
 
 #: Per slice: (boxes [K, 4] in the slice's pixels, class ids [K]); empty K for no prompt on that slice.
@@ -71,7 +68,7 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
     return torch.where(positive.any(dim=0), torch.as_tensor(classes).long()[winner], 0)
 
 
-def _check_options(*, batch_size: int, overlap: str) -> None:
+def check_options(*, batch_size: int, overlap: str) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if overlap not in OVERLAP_RULES:
@@ -91,7 +88,7 @@ class SliceSegmenter:
 
     def __init__(self, model: SegMoTE, *, backbone: str, batch_size: int = 8,
                  cache: EmbeddingCache | None = None, overlap: str = "smaller") -> None:
-        _check_options(batch_size=batch_size, overlap=overlap)
+        check_options(batch_size=batch_size, overlap=overlap)
         self.overlap = overlap
         self.model = model
         self.size = model.img_size
@@ -187,46 +184,3 @@ class SliceSegmenter:
         if not class_masks:
             return volume
         return volume, {c: slices_to_volume(m, is_2d=image.ndim == 3) for c, m in own.items()}
-
-
-class PromptedSliceInferer(Inferer):
-    """MONAI's ``inferer(inputs, network)`` for SegMoTE: one image's label map from the prompts that
-    :class:`~segmote_monai.transforms.AttachPromptsd` stored in its meta dictionary (MONAI Label, MONAI Deploy and
-    MONAI's evaluators pass the inferer nothing else).
-
-    Args:
-        backbone, batch_size, cache, overlap: as :class:`SliceSegmenter`.
-        prompt_free_class: the label value of a prompt-free (PPT) foreground.
-        ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
-    """
-
-    def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
-                 overlap: str = "smaller", prompt_free_class: int = 1, ppt_beside_boxes: bool = False) -> None:
-        super().__init__()
-        _check_options(batch_size=batch_size, overlap=overlap)
-        self.backbone = backbone
-        self.batch_size = batch_size
-        self.cache = cache
-        self.overlap = overlap
-        self.prompt_free_class = prompt_free_class
-        self.ppt_beside_boxes = ppt_beside_boxes
-
-    def __call__(self, inputs: torch.Tensor, network: SegMoTE, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """[1, C, H, W, S] (or [1, C, H, W]) oriented image in [0, 1] carrying ``meta[PROMPTS_META_KEY]`` ->
-        [1, 1, H, W, S] (or [1, 1, H, W]) label map on the same grid."""
-        if inputs.ndim not in (4, 5) or inputs.shape[0] != 1:
-            raise ValueError(f"expected one image [1, C, H, W(, S)], got shape {tuple(inputs.shape)}")
-        meta = getattr(inputs, "meta", {})
-        if PROMPTS_META_KEY not in meta:
-            raise RequestError(f"the image carries no prompts (meta '{PROMPTS_META_KEY}'): put AttachPromptsd in "
-                             "the pre-processing")
-        prompts = meta[PROMPTS_META_KEY]
-        model = getattr(network, "module", network)  # DistributedDataParallel
-        if prompts is None and model.ppt is None:
-            raise RequestError("prompt-free use needs a model trained with PPT (a binary task); give boxes or a ROI")
-        segmenter = SliceSegmenter(model, backbone=self.backbone, batch_size=self.batch_size, cache=self.cache,
-                                   overlap=self.overlap)
-        image = torch.as_tensor(inputs[0]).cpu()
-        labels = segmenter(image, prompts, prompt_free_class=self.prompt_free_class,
-                           ppt_beside_boxes=self.ppt_beside_boxes and prompts is not None)
-        return labels[None].to(inputs.device)

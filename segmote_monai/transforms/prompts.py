@@ -13,6 +13,9 @@ Prompt modes (:data:`PROMPT_MODES`):
     or a path to a JSON file), where ``box`` is ``[x0, y0, x1, y1]`` on a 2D image or
     ``[i0, j0, k0, i1, j1, k1]`` on a volume (voxel indices of the file as stored, or ``"space": "world"`` for
     RAS millimetres); a 3D box gives a box on every slice it spans; ``label`` is a value or a name;
+    ``"propagate": true`` (volumes) makes the box a seed instead: a box on one slice (``k0 == k1``) is propagated
+    through the whole volume, a 3D box from its middle slice within its own slices
+    (:func:`~segmote_monai.inferers.propagation.propagate`); seeds travel under :data:`PROPAGATION_META_KEY`;
   - a label/ROI image under ``label_key`` on the image's grid (loaded by
     :class:`~segmote_monai.transforms.LoadPaird`): one box per slice and structure in it.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +38,32 @@ from segmote_monai.data.slicing import volume_to_slices
 from segmote_monai.errors import InputFileError, RequestError
 from segmote_monai.transforms.array import LabelToPrompts
 
-__all__ = ["PROMPTS_META_KEY", "PROMPT_MODES", "AttachPromptsd", "boxes_to_slice_prompts", "prompts_from_label",
-           "read_boxes"]
+__all__ = ["PROMPTS_META_KEY", "PROMPT_MODES", "PROPAGATION_META_KEY", "AttachPromptsd", "PropagationSeed",
+           "boxes_to_prompts", "boxes_to_slice_prompts", "prompts_from_label", "read_boxes"]
 
 PROMPTS_META_KEY = "segmote_prompts"
+PROPAGATION_META_KEY = "segmote_propagation"
 PROMPT_MODES = ("auto", "box")
+
+
+@dataclass(frozen=True)
+class PropagationSeed:
+    """Where one structure's propagation starts.
+
+    Args:
+        class_id: the structure's label value.
+        slice: the key slice (index along the oriented image's last axis).
+        box: ``(x0, y0, x1, y1)`` on the key slice, in its pixels (x along columns).
+        first, last: the slices it may reach (inclusive; None: the whole volume), e.g. a 3D box's range.
+        within_box: keep every propagated box inside ``box`` (a 3D box's extent on each slice).
+    """
+
+    class_id: int
+    slice: int
+    box: tuple[float, float, float, float]
+    first: int | None = None
+    last: int | None = None
+    within_box: bool = False
 
 
 def prompts_from_label(label: torch.Tensor, classes: Sequence[int], *, jitter: float = 0.0,
@@ -85,13 +110,16 @@ def read_boxes(boxes: Any) -> tuple[Any, str]:
         raise InputFileError(path, f"not valid JSON ({exc})") from exc
 
 
-def boxes_to_slice_prompts(spec: Any, image: torch.Tensor, source: str | os.PathLike,
-                           names: Mapping[str, int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-slice ``(boxes, class_ids)`` on the oriented image from a boxes spec (see the module docstring);
-    ``names`` maps label names (any case) to values, so that ``"label": "liver"`` works as well as ``1``."""
+def boxes_to_prompts(spec: Any, image: torch.Tensor, source: str | os.PathLike,
+                     names: Mapping[str, int] | None = None
+                     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[PropagationSeed]]:
+    """Per-slice ``(boxes, class_ids)`` on the oriented image, and the propagation seeds, from a boxes spec (see
+    the module docstring); ``names`` maps label names (any case) to values, so that ``"label": "liver"`` works as
+    well as ``1``."""
     slices = volume_to_slices(image)
     count, (h, w) = len(slices), tuple(slices.shape[-2:])
     per_slice: list[list[tuple[list[float], int]]] = [[] for _ in range(count)]
+    seeds: list[PropagationSeed] = []
     entries = spec.get("boxes") if isinstance(spec, dict) else spec if isinstance(spec, list) else None
     if not isinstance(entries, list) or not entries:
         raise InputFileError(source, 'expected {"boxes": [{"label": 1, "box": [...]}]} with at least one box')
@@ -99,19 +127,24 @@ def boxes_to_slice_prompts(spec: Any, image: torch.Tensor, source: str | os.Path
         try:
             label = _label_value(entry["label"], names or {})
             box, space = [float(v) for v in entry["box"]], entry.get("space", "voxel")
-        except (KeyError, TypeError, ValueError) as exc:
+            propagated = entry.get("propagate", False)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputFileError(source, f"box {n}: needs 'label' (a value or name) and 'box' (numbers) ({exc})"
                                  ) from exc
         if not np.isfinite(box).all():
             raise InputFileError(source, f"box {n}: {box} holds a value that is not a finite number")
         if space not in ("voxel", "world"):
             raise InputFileError(source, f"box {n}: 'space' must be 'voxel' or 'world', got {space!r}")
+        if not isinstance(propagated, bool):
+            raise InputFileError(source, f"box {n}: 'propagate' must be true or false, got {propagated!r}")
         half = len(box) // 2
         if len(box) in (4, 6) and any(hi < lo for lo, hi in zip(box[:half], box[half:])):
             raise InputFileError(source, f"box {n}: {box} has an end before its start (x1 < x0, y1 < y0 or z1 < z0)")
         if image.ndim == 3:
             if len(box) != 4 or space != "voxel":
                 raise InputFileError(source, f"box {n}: a 2D image takes [x0, y0, x1, y1] in pixels")
+            if propagated:
+                raise InputFileError(source, f"box {n}: 'propagate' needs a volume; this is a 2D image")
             corners = torch.tensor([[box[0], box[1]], [box[2], box[3]]])
             x0, y0 = corners.min(0).values.tolist()
             x1, y1 = corners.max(0).values.tolist()
@@ -130,10 +163,26 @@ def boxes_to_slice_prompts(spec: Any, image: torch.Tensor, source: str | os.Path
         if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1 or not len(z_range):
             raise InputFileError(source, f"box {n} lies outside the image ({w} x {h} pixels, {count} slices)")
         clipped = [max(0.0, x0), max(0.0, y0), min(w - 1.0, x1), min(h - 1.0, y1)]
+        if propagated:
+            whole = len(z_range) == 1  # one slice: a key slice, free to run through the volume
+            seeds.append(PropagationSeed(label, (z_range[0] + z_range[-1]) // 2, tuple(clipped),
+                                         None if whole else z_range[0], None if whole else z_range[-1],
+                                         within_box=not whole))
+            continue
         for z in z_range:
             per_slice[z].append((clipped, label))
-    return [(torch.tensor([b for b, _ in s], dtype=torch.float32).reshape(-1, 4),
-             torch.tensor([c for _, c in s], dtype=torch.long)) for s in per_slice]
+    prompts = [(torch.tensor([b for b, _ in s], dtype=torch.float32).reshape(-1, 4),
+                torch.tensor([c for _, c in s], dtype=torch.long)) for s in per_slice]
+    return prompts, seeds
+
+
+def boxes_to_slice_prompts(spec: Any, image: torch.Tensor, source: str | os.PathLike,
+                           names: Mapping[str, int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-slice ``(boxes, class_ids)`` of a boxes spec without propagated boxes (:func:`boxes_to_prompts`)."""
+    prompts, seeds = boxes_to_prompts(spec, image, source, names)
+    if seeds:
+        raise InputFileError(source, f"{len(seeds)} box(es) ask to propagate; this use takes boxes per slice only")
+    return prompts
 
 
 def _given(value: Any) -> bool:
@@ -177,6 +226,7 @@ class AttachPromptsd(MapTransform):
         d = dict(data)
         image = d[self.image_key]
         roi = d.pop(self.label_key, None) if self.prompt_mode == "box" else None
+        seeds: list[PropagationSeed] = []
         if self.prompt_mode == "auto":
             prompts = None
         elif (self.boxes is None) == (roi is None):
@@ -190,9 +240,11 @@ class AttachPromptsd(MapTransform):
         else:
             spec, source = read_boxes(self.boxes)
             names = {name.lower(): value for value, name in self.labels.items()}
-            prompts = boxes_to_slice_prompts(spec, image, source, names)
-            unknown = sorted({int(c) for _, ids in prompts for c in ids.tolist()} - set(self.labels))
+            prompts, seeds = boxes_to_prompts(spec, image, source, names)
+            used = {int(c) for _, ids in prompts for c in ids.tolist()} | {seed.class_id for seed in seeds}
+            unknown = sorted(used - set(self.labels))
             if unknown:
                 raise InputFileError(source, f"label values {unknown} are not among the model's {sorted(self.labels)}")
         image.meta[PROMPTS_META_KEY] = prompts
+        image.meta[PROPAGATION_META_KEY] = seeds
         return d

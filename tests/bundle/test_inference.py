@@ -10,7 +10,7 @@ from PIL import Image
 
 from segmote_monai.data import load_image
 from segmote_monai.data.dicom_seg import label_map_frames, read_series_headers
-from tests.bundle.conftest import CONFIGS, bundle_cli
+from tests.bundle.conftest import CONFIGS, REPO, bundle_cli
 from tests.conftest import shared_data
 from tests.data.dicom_series import write_series
 
@@ -188,3 +188,35 @@ def test_shipped_model_on_the_real_dicom_series_writes_the_same_dicom_seg_as_nif
     assert dice > 0.8, dice  # a CT the MR-trained model never saw, with boxes from the reference
     sidecar = json.loads((tmp_path / "dicom_seg" / "ct_dicom_seg.json").read_text())
     assert sidecar["dicom_seg"]["derived_uids"] == ["StudyInstanceUID", "SeriesInstanceUID"]
+
+
+def test_a_propagated_key_slice_box_and_its_sidecar(checkpoint, tiny_dataset, tmp_path):
+    image = tiny_dataset / "images" / "case3.nii.gz"
+    label = np.asarray(nib.load(tiny_dataset / "labels" / "case3.nii.gz").dataobj)
+    i, j = np.nonzero(label[..., 3] == 1)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"boxes": [{"label": "organ", "box": [int(i.min()), int(j.min()), 3, int(i.max()),
+                                                                     int(j.max()), 3], "propagate": True}]}))
+    run = infer(checkpoint, "--input", image, "--boxes", boxes, "--output_dir", tmp_path / "out")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    pred = np.asarray(nib.load(tmp_path / "out" / "case3_seg.nii.gz").dataobj)
+    reached = json.loads((tmp_path / "out" / "case3_seg.json").read_text())["propagation"]["organ"]
+    assert reached["axis"] == 2 and 3 in reached["slices"]  # the stored file's slice axis and index
+    assert pred[..., 3].any() and set(np.nonzero((pred == 1).any(axis=(0, 1)))[0]) <= set(reached["slices"])
+    assert not (pred == 2).any()  # only the propagated structure was asked for
+
+
+@pytest.mark.slow
+def test_the_documented_propagation_example(tmp_path):
+    """README and model card: one key-slice box per organ of patient 21, propagated; mean 3D Dice 0.862."""
+    case = REPO / "bundle" / "data" / "chaos_t2"
+    run = bundle_cli("run", "inference", "--config_file", CONFIGS / "inference.json", "--input",
+                     case / "images" / "chaos_t2_case21.nii.gz", "--boxes",
+                     REPO / "bundle" / "docs" / "case21_key_slice_boxes.json", "--output_dir", tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    pred = np.asarray(nib.load(tmp_path / "chaos_t2_case21_seg.nii.gz").dataobj)
+    label = np.asarray(nib.load(case / "labels" / "chaos_t2_case21.nii.gz").dataobj)
+    dice = [2 * ((pred == c) & (label == c)).sum() / ((pred == c).sum() + (label == c).sum()) for c in (1, 2, 3, 4)]
+    assert np.mean(dice) == pytest.approx(0.862, abs=0.005)
+    reached = json.loads((tmp_path / "chaos_t2_case21_seg.json").read_text())["propagation"]
+    assert reached["spleen"] == {"axis": 2, "slices": list(range(19, 25))}  # labelled on 18-26

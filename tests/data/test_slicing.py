@@ -4,6 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
 from segmote_monai.data import (
     SLICE_AXES,
@@ -12,6 +13,7 @@ from segmote_monai.data import (
     orient_for_slicing,
     restore_grid,
     slices_to_volume,
+    stored_slice_axis,
     volume_to_slices,
 )
 from segmote_monai.errors import InputFileError
@@ -96,3 +98,20 @@ def test_check_pair_errors_name_the_label():
 def test_unknown_slice_axis():
     with pytest.raises(ValueError, match=r"slice_axis must be one of \['axial', 'coronal', 'sagittal'\], got 'oblique'"):
         orient_for_slicing(_meta_image((1, 2, 2, 2), np.eye(4), "x"), "oblique")
+
+
+@pytest.mark.parametrize("affine, axis, stored", [
+    (np.diag([-1.0, -1.0, 2.0, 1.0]), 2, [0, 5]),  # stored as LPS: slices run along k as they are
+    (np.diag([-1.0, -1.0, -2.0, 1.0]), 2, [5, 0]),  # k runs downwards: oriented slice 0 is the last stored one
+    (np.array([[0, -1.0, 0, 0], [0, 0, -1.0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]]), 0, [0, 5]),  # S along i
+])
+def test_stored_slice_axis_names_the_files_own_slices(affine, axis, stored):
+    shape = (6, 4, 5) if axis == 0 else (4, 5, 6)
+    voxels = torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(1, *shape)
+    image = MetaTensor(voxels, affine=torch.as_tensor(affine))
+    oriented = orient_for_slicing(image)
+    found_axis, found = stored_slice_axis(oriented, [0, 5])
+    assert (found_axis, found) == (axis, stored)
+    for z, k in zip([0, 5], found):  # the oriented slice holds exactly the stored slice's voxels
+        stored_slice = np.take(image[0].numpy(), k, axis=axis)
+        assert sorted(oriented[0, ..., z].flatten().tolist()) == sorted(stored_slice.flatten().tolist())

@@ -70,8 +70,44 @@ def test_a_jump_stops_the_propagation():
     image[0, 17:40, 8:22, 7] = 1.0  # a larger object below organ 1's last position, barely overlapping it
     segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
     seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
-    assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.0)[1][1][-1] == 7
-    assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.7)[1][1][-1] == 6
+    others_off = {"max_growth": None, "max_shift": None}
+    assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.0, **others_off)[1][1][-1] == 7
+    assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.7, **others_off)[1][1][-1] == 6
+
+
+def test_a_growing_mask_stops_the_propagation():
+    """Past the key slice the object fills its whole box (16 x 16 against 14 x 14): still overlapping, but 31% larger."""
+    image = _volume()
+    image[0, :, :, 5] = 0.0
+    image[0, 13:33, 6:24, 5] = 1.0
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
+    # slice 6 (the object back to 14 x 14) overlaps the enlarged mask by 0.67 < 0.7: the walk ends at 5 at best
+    assert propagate(segmenter, image, seed, max_growth=None, max_shift=None)[1][1][-1] == 5
+    assert propagate(segmenter, image, seed, max_growth=0.1, max_shift=None)[1][1][-1] == 4
+    assert propagate(segmenter, image, seed, max_growth=0.5, max_shift=None)[1][1][-1] == 5
+
+
+def test_a_mask_on_another_tissue_stops_the_propagation():
+    image = _volume()
+    image[0, :, :, 5] *= 0.6  # the same shape, another intensity (still above the stand-in model's threshold)
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
+    assert propagate(segmenter, image, seed, max_growth=None, max_shift=None)[1][1][-1] == 6
+    assert propagate(segmenter, image, seed, max_growth=None, max_shift=2.0)[1][1][-1] == 4
+
+
+def test_a_3d_box_keeps_every_propagated_box_inside_it():
+    image = _volume()
+    for z in range(2, 7):
+        image[0, 10 + z:24 + z, 22:30, z] = 1.0  # the object now reaches past column 22 on every slice
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    bounded = PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0), first=2, last=6, within_box=True)
+    labels, _ = propagate(segmenter, image, [bounded], max_growth=None, max_shift=None)
+    assert labels[0, :, 22:, :].eq(0).all() and labels[0, :, :22, 2:7].eq(1).any()
+    free, _ = propagate(segmenter, image, [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0), first=2, last=6)],
+                        max_growth=None, max_shift=None)
+    assert free[0, :, 22:, :].eq(1).any()  # without the bound the boxes follow the object out
 
 
 @pytest.mark.parametrize("kwargs,seed,message", [
@@ -84,3 +120,45 @@ def test_refusals(kwargs, seed, message):
     with pytest.raises(ValueError, match=message):
         propagate(SliceSegmenter(ObjectInBox(), backbone="tiny"), _volume(),
                   [PropagationSeed(1, seed, (8.0, 14.0, 21.0, 27.0))], **kwargs)
+
+
+def test_boxes_per_slice_beside_a_seed_share_each_slices_encoding():
+    model = ObjectInBox()
+    segmenter = SliceSegmenter(model, backbone="tiny")
+    prompts = [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)) for _ in range(10)]
+    for z in (5, 6):
+        prompts[z] = (torch.tensor([[40.0, 40.0, 49.0, 51.0]]), torch.tensor([2]))
+    labels, reached = propagate(segmenter, _volume(), [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))],
+                                prompts=prompts)
+    assert reached == {1: [2, 3, 4, 5, 6]}  # the per-slice class is not a propagation
+    assert labels[0, :, :, 5].eq(2).any() and labels[0, :, :, 5].eq(1).any() and not labels[0, :, :, 7].eq(2).any()
+    assert model.encoded == len({1, 2, 3, 4, 5, 6, 7})  # 5 and 6 once, for both classes
+
+
+def test_the_inferer_propagates_the_seeds_in_the_meta_and_reports_the_slices():
+    from monai.data import MetaTensor
+
+    from segmote_monai.inferers import PromptedSliceInferer
+    from segmote_monai.transforms.prompts import PROMPTS_META_KEY, PROPAGATION_META_KEY
+
+    image = MetaTensor(_volume()[None])
+    image.meta[PROMPTS_META_KEY] = [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))] * 10
+    image.meta[PROPAGATION_META_KEY] = [PropagationSeed(2, 6, (40.0, 40.0, 49.0, 51.0))]
+    inferer = PromptedSliceInferer(backbone="tiny", propagation={"min_overlap": 0.5})
+    out = inferer(image, ObjectInBox())
+    expected, reached = propagate(SliceSegmenter(ObjectInBox(), backbone="tiny"), _volume(),
+                                  image.meta[PROPAGATION_META_KEY], min_overlap=0.5)
+    assert torch.equal(out[0], expected) and inferer.last_reached == reached == {2: [5, 6, 7, 8]}
+    image.meta[PROPAGATION_META_KEY] = []
+    inferer(image, ObjectInBox())
+    assert inferer.last_reached == {}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_growth": -0.5}, "max_growth must be >= 0"),
+    ({"max_shift": 0.0}, "max_shift must be > 0"),
+])
+def test_stopping_rule_refusals(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        propagate(SliceSegmenter(ObjectInBox(), backbone="tiny"), _volume(),
+                  [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))], **kwargs)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,12 @@ from monai.data import MetaTensor
 
 from segmote_monai.errors import InputFileError, RequestError
 from segmote_monai.transforms import PROMPTS_META_KEY, AttachPromptsd
-from segmote_monai.transforms.prompts import read_boxes
+from segmote_monai.transforms.prompts import (
+    PROPAGATION_META_KEY,
+    PropagationSeed,
+    boxes_to_slice_prompts,
+    read_boxes,
+)
 
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
 
@@ -95,3 +101,33 @@ def test_labels_need_a_foreground_class():
 def test_read_boxes_names_a_missing_file(tmp_path):
     with pytest.raises(InputFileError, match="boxes file not found"):
         read_boxes(str(tmp_path / "nope.json"))
+
+
+def test_propagated_boxes_become_seeds_and_the_rest_stay_per_slice():
+    spec = {"boxes": [
+        {"label": "liver", "box": [2, 3, 2, 8, 9, 2], "propagate": True},  # one slice: a key slice, whole volume
+        {"label": "spleen", "box": [10, 12, 1, 14, 19, 5], "propagate": True},  # a 3D box: its middle, its range
+        {"label": 1, "box": [2, 3, 0, 8, 9, 0]},
+    ]}
+    out = AttachPromptsd(labels=LABELS, boxes=spec)({"image": _image(slices=6)})
+    seeds = out["image"].meta[PROPAGATION_META_KEY]
+    assert seeds == [PropagationSeed(1, 2, (3.0, 2.0, 9.0, 8.0)), PropagationSeed(2, 3, (12.0, 10.0, 19.0, 14.0), 1, 5, within_box=True)]
+    assert [c.tolist() for _, c in out["image"].meta[PROMPTS_META_KEY]] == [[1], [], [], [], [], []]
+    plain = AttachPromptsd(labels=LABELS, boxes=BOX)({"image": _image()})
+    assert plain["image"].meta[PROPAGATION_META_KEY] == []
+
+
+@pytest.mark.parametrize("entry, image, message", [
+    ({"label": 1, "box": [2, 3, 8, 9], "propagate": True}, MetaTensor(torch.rand(1, 20, 30)),
+     "box 0: 'propagate' needs a volume; this is a 2D image"),
+    ({"label": 1, "box": [2, 3, 1, 8, 9, 1], "propagate": "yes"}, _image(), "box 0: 'propagate' must be true or false"),
+    ({"label": 7, "box": [2, 3, 1, 8, 9, 1], "propagate": True}, _image(), "label values [7] are not among the model's"),
+])
+def test_propagated_box_refusals(entry, image, message):
+    with pytest.raises(InputFileError, match=re.escape(message)):
+        AttachPromptsd(labels=LABELS, boxes={"boxes": [entry]})({"image": image})
+
+
+def test_per_slice_boxes_only_refuse_a_propagated_box():
+    with pytest.raises(InputFileError, match=r"1 box\(es\) ask to propagate"):
+        boxes_to_slice_prompts({"boxes": [{"label": 1, "box": [2, 3, 1, 8, 9, 1], "propagate": True}]}, _image(), "b")

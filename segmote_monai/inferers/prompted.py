@@ -1,0 +1,78 @@
+"""MONAI's ``inferer(inputs, network)`` for SegMoTE, with the prompts that travel in the image's meta dictionary.
+
+MONAI Label, MONAI Deploy and MONAI's evaluators pass an inferer nothing but the image and the network, so
+:class:`~segmote_monai.transforms.AttachPromptsd` stores the request's prompts in the image's meta: boxes per slice
+(:data:`~segmote_monai.transforms.prompts.PROMPTS_META_KEY`; None for prompt-free PPT use) and seeds to propagate
+through the volume (:data:`~segmote_monai.transforms.prompts.PROPAGATION_META_KEY`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+
+from segmote_monai.data.cache import EmbeddingCache
+from segmote_monai.errors import RequestError
+from segmote_monai.inferers.propagation import propagate
+from segmote_monai.inferers.slices import SliceSegmenter, check_options
+from segmote_monai.networks.segmote import SegMoTE
+from segmote_monai.transforms.prompts import PROMPTS_META_KEY, PROPAGATION_META_KEY
+
+__all__ = ["PromptedSliceInferer"]
+
+
+class PromptedSliceInferer(Inferer):
+    """One image's label map from the prompts in its meta dictionary.
+
+    Args:
+        backbone, batch_size, cache, overlap: as :class:`~segmote_monai.inferers.SliceSegmenter`.
+        prompt_free_class: the label value of a prompt-free (PPT) foreground.
+        ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
+        propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
+            rule) for seeded structures; None: its defaults.
+
+    After each call, :attr:`last_reached` holds, per propagated class, the oriented slices its propagation
+    reached (empty without seeds).
+    """
+
+    def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
+                 overlap: str = "smaller", prompt_free_class: int = 1, ppt_beside_boxes: bool = False,
+                 propagation: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        check_options(batch_size=batch_size, overlap=overlap)
+        self.backbone = backbone
+        self.batch_size = batch_size
+        self.cache = cache
+        self.overlap = overlap
+        self.prompt_free_class = prompt_free_class
+        self.ppt_beside_boxes = ppt_beside_boxes
+        self.propagation = dict(propagation or {})
+        self.last_reached: dict[int, list[int]] = {}
+
+    def __call__(self, inputs: torch.Tensor, network: SegMoTE, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """[1, C, H, W, S] (or [1, C, H, W]) oriented image in [0, 1] carrying ``meta[PROMPTS_META_KEY]`` ->
+        [1, 1, H, W, S] (or [1, 1, H, W]) label map on the same grid."""
+        if inputs.ndim not in (4, 5) or inputs.shape[0] != 1:
+            raise ValueError(f"expected one image [1, C, H, W(, S)], got shape {tuple(inputs.shape)}")
+        meta = getattr(inputs, "meta", {})
+        if PROMPTS_META_KEY not in meta:
+            raise RequestError(f"the image carries no prompts (meta '{PROMPTS_META_KEY}'): put AttachPromptsd in "
+                               "the pre-processing")
+        prompts, seeds = meta[PROMPTS_META_KEY], meta.get(PROPAGATION_META_KEY) or []
+        model = getattr(network, "module", network)  # DistributedDataParallel
+        if prompts is None and model.ppt is None:
+            raise RequestError("prompt-free use needs a model trained with PPT (a binary task); give boxes or a ROI")
+        segmenter = SliceSegmenter(model, backbone=self.backbone, batch_size=self.batch_size, cache=self.cache,
+                                   overlap=self.overlap)
+        image = torch.as_tensor(inputs[0]).cpu()
+        self.last_reached = {}
+        if seeds:
+            if self.ppt_beside_boxes:
+                raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
+            labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, **self.propagation)
+        else:
+            labels = segmenter(image, prompts, prompt_free_class=self.prompt_free_class,
+                               ppt_beside_boxes=self.ppt_beside_boxes and prompts is not None)
+        return labels[None].to(inputs.device)
