@@ -4,8 +4,9 @@ MONAI Label 0.8.5 pins numpy < 2 and pydicom 2, so it gets an environment of its
 monailabel-constraints.txt``; cached under ``~/.cache/segmote-monai``, keyed by the dependency files). Its sample
 ``monaibundle`` app serves a copy of ``bundle/`` on 127.0.0.1 over two embedded CHAOS patients (cropped to their
 middle slices to keep CPU time down): ``/info/``, ``/infer`` with a label ROI (Dice against the label), refused
-requests with their reason, ``/train`` for one epoch, ``/infer`` with the new weights, and ``/train`` again (a
-new run, not a resumed finished one). Skipped, with the reason, only where monailabel cannot be installed.
+requests with their reason, ``/train`` for one epoch, ``/infer`` with the new weights, ``/train`` again (a
+new run, not a resumed finished one), and one propagated box per organ. Skipped, with the reason, only where
+monailabel cannot be installed.
 """
 
 from __future__ import annotations
@@ -223,3 +224,24 @@ def test_an_roi_on_another_grid_is_refused(server, tmp_path):
     status, content = _request(f"{url}/infer/segmote?image={CASES[0]}&output=image", fields={"params": "{}"},
                                files={"label": other})
     assert status == 400 and "differs from its image" in json.loads(content)["detail"], content[:500]
+
+
+def test_one_propagated_box_per_organ(server, tmp_path):
+    """One click per organ: each organ's box on its largest slice, propagated by the bundle through the volume."""
+    url, paths, log = server
+    label_path = paths["studies"] / "labels" / "final" / f"{CASES[0]}.nii.gz"
+    label = np.asarray(nib.load(label_path).dataobj)
+    boxes = []
+    for name, value in LABELS.items():
+        k = int((label == value).sum(axis=(0, 1)).argmax())
+        i, j = np.nonzero(label[..., k] == value)
+        boxes.append({"label": name, "box": [int(i.min()), int(j.min()), k, int(i.max()), int(j.max()), k],
+                      "propagate": True})
+    status, content = _request(f"{url}/infer/segmote?image={CASES[0]}&output=image",
+                               fields={"params": json.dumps({"boxes": boxes})})
+    assert status == 200, content[:2000] + log.read_text()[-3000:]
+    out = tmp_path / "propagated.nii.gz"
+    out.write_bytes(content)
+    dice = _dice(out, label_path)
+    print(f"MONAI Label /infer, one propagated box per organ, Dice per organ: {dice}")
+    assert np.mean(list(dice.values())) > 0.8, dice
