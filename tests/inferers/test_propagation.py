@@ -75,17 +75,31 @@ def test_a_jump_stops_the_propagation():
     assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.7, **others_off)[1][1][-1] == 6
 
 
-def test_a_growing_mask_stops_the_propagation():
-    """Past the key slice the object fills its whole box (16 x 16 against 14 x 14): still overlapping, but 31% larger."""
+def test_a_mask_that_grows_again_after_shrinking_stops_the_propagation():
+    """Slice 5 shrinks to 12 x 12; on slice 6 the mask fills its whole box (14 x 14, still overlapping by 0.73):
+    past the organ's largest slice, 36% more is a spill."""
     image = _volume()
     image[0, :, :, 5] = 0.0
-    image[0, 13:33, 6:24, 5] = 1.0
+    image[0, 16:28, 9:21, 5] = 1.0
+    image[0, :, :, 6] = 0.0
+    image[0, 10:40, 4:26, 6] = 1.0
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    seed = PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))
+    assert propagate(segmenter, image, [seed], max_growth=None, max_shift=None)[1][1][-1] == 6
+    assert propagate(segmenter, image, [seed], max_growth=0.1, max_shift=None)[1][1][-1] == 5
+    assert propagate(segmenter, image, [seed], max_growth=0.5, max_shift=None)[1][1][-1] == 6
+    bounded = PropagationSeed(1, 4, (0.0, 0.0, 63.0, 63.0), first=0, last=9, within_box=True)
+    assert propagate(segmenter, image, [bounded], max_growth=0.1, max_shift=None)[1][1][-1] == 6  # 3D boxes: no rule
+
+
+def test_growth_before_the_largest_slice_does_not_stop_the_propagation():
+    """A key slice that is not the organ's largest: the masks grow first, legitimately."""
+    image = _volume()
+    image[0, :, :, 5] = 0.0
+    image[0, 13:33, 6:24, 5] = 1.0  # fills its box: 16 x 16 against the key slice's 14 x 14
     segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
     seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
-    # slice 6 (the object back to 14 x 14) overlaps the enlarged mask by 0.67 < 0.7: the walk ends at 5 at best
-    assert propagate(segmenter, image, seed, max_growth=None, max_shift=None)[1][1][-1] == 5
-    assert propagate(segmenter, image, seed, max_growth=0.1, max_shift=None)[1][1][-1] == 4
-    assert propagate(segmenter, image, seed, max_growth=0.5, max_shift=None)[1][1][-1] == 5
+    assert propagate(segmenter, image, seed, max_growth=0.1, max_shift=None)[1][1][-1] == 5
 
 
 def test_a_mask_on_another_tissue_stops_the_propagation():
