@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segmote_monai.atomic import atomic_path
-from segmote_monai.data.dicom_seg import read_series_headers, write_dicom_seg
+from segmote_monai.data.dicom_seg import has_highdicom, read_series_headers, write_dicom_seg
 from segmote_monai.data.readers import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_2d_path
 from segmote_monai.data.slicing import stored_slice_axis
 from segmote_monai.errors import InputFileError
@@ -184,6 +184,8 @@ class BundleInference:
             raise ValueError(f"output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if self.output_format != "dicom_seg":
             return
+        if not has_highdicom:
+            raise ValueError("output_format 'dicom_seg' needs highdicom: pip install highdicom")
         for path in cases:
             if not path.is_dir():
                 raise InputFileError(path, "output_format 'dicom_seg' needs a DICOM series folder as input, "

@@ -30,7 +30,7 @@ from segmote_monai.errors import InputFileError
 hd, has_highdicom = optional_import("highdicom")
 pydicom, _ = optional_import("pydicom")
 
-__all__ = ["ALGORITHM_TYPES", "label_map_frames", "read_series_headers", "write_dicom_seg"]
+__all__ = ["ALGORITHM_TYPES", "has_highdicom", "label_map_frames", "read_series_headers", "write_dicom_seg"]
 
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC")
 _ON_GRID = 1e-2  # voxels: an instance's pixel centres must fall this close to the label map's voxel centres

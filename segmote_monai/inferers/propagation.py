@@ -130,9 +130,10 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                 if grew and shrinking and not seed.within_box:
                     break
                 shrinking = shrinking or area < int(previous.sum())
-                shift = abs(float(slices[z].float().mean(0)[mask].mean()) - key_mean) / max(key_std, 1e-6)
-                if max_shift is not None and shift > max_shift:
-                    break
+                if max_shift is not None:
+                    mean = float(slices[z].float().mean(0)[mask].mean())
+                    if abs(mean - key_mean) > max_shift * max(key_std, 1e-6):
+                        break
                 reached[z] = current if z not in reached else torch.maximum(reached[z], current)
                 seen.add(z)
                 previous, z = mask, z + step
