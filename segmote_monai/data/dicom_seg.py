@@ -82,12 +82,12 @@ def _pixel_to_voxel(ds: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def label_map_frames(labels: np.ndarray, affine: np.ndarray, headers: list[Any], *, source: Path) -> np.ndarray:
     """[N, Rows, Columns] frames of ``labels`` [X, Y, Z] (RAS ``affine``), one per header, in their order."""
     frames = np.zeros((len(headers), int(headers[0].Rows), int(headers[0].Columns)), dtype=labels.dtype)
+    r, c = np.meshgrid(np.arange(frames.shape[1]), np.arange(frames.shape[2]), indexing="ij")
     for n, ds in enumerate(headers):
         rows, columns = int(ds.Rows), int(ds.Columns)
         if (rows, columns) != frames.shape[1:]:
             raise InputFileError(source, f"instances of {frames.shape[1:]} and {(rows, columns)} pixels in one series")
         origin, along_row, down_column = _pixel_to_voxel(ds, affine)
-        r, c = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
         index = origin[:, None, None] + down_column[:, None, None] * r + along_row[:, None, None] * c
         nearest = np.rint(index)
         outside = (nearest < 0).any() or any((nearest[d] > labels.shape[d] - 1).any() for d in range(3))
