@@ -12,7 +12,7 @@ from segmote_monai.data import load_image
 from segmote_monai.data.dicom_seg import label_map_frames, read_series_headers
 from tests.bundle.conftest import CONFIGS, REPO, bundle_cli
 from tests.conftest import shared_data
-from tests.data.dicom_series import write_series
+from tests.data.dicom_series import seg_frames_by_instance, stacked_by_instance, write_series
 
 
 def infer(checkpoint, *args):
@@ -112,13 +112,9 @@ def test_dicom_seg_round_trips_to_the_nifti_output(checkpoint, identified_series
     seg = pydicom.dcmread(tmp_path / "dicom_seg" / "series_seg.dcm")
     names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
     assert names == {1: "organ", 2: "lesion"}
-    by_uid = {str(ds.SOPInstanceUID): n for n, ds in enumerate(read_series_headers(series))}
-    rebuilt = np.zeros_like(expected)
-    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
-    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
-        n = by_uid[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
-        rebuilt[n][frame > 0] = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-    np.testing.assert_array_equal(rebuilt, expected)  # segment numbers are the label values 1, 2 here
+    uids = [str(ds.SOPInstanceUID) for ds in read_series_headers(series)]
+    rebuilt = stacked_by_instance(seg_frames_by_instance(seg, {"organ": 1, "lesion": 2}), uids, expected.shape)
+    np.testing.assert_array_equal(rebuilt, expected)
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
     sidecar = json.loads((tmp_path / "dicom_seg" / "series_seg.json").read_text())
     assert sidecar["pixels"] == json.loads((tmp_path / "nifti" / "series_seg.json").read_text())["pixels"]
@@ -174,14 +170,9 @@ def test_shipped_model_on_the_real_dicom_series_writes_the_same_dicom_seg_as_nif
     headers = read_series_headers(series)
     expected = label_map_frames(nifti, affine, headers, source=series)
     seg = pydicom.dcmread(tmp_path / "dicom_seg" / "ct_dicom_seg.dcm")
-    value = {int(s.SegmentNumber): {"liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4}[s.SegmentLabel]
-             for s in seg.SegmentSequence}
-    by_uid = {ds.file_meta.MediaStorageSOPInstanceUID: n for n, ds in enumerate(headers)}  # blank in the datasets
-    rebuilt = np.zeros_like(expected)
-    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
-    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
-        n = by_uid[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
-        rebuilt[n][frame > 0] = value[int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+    uids = [ds.file_meta.MediaStorageSOPInstanceUID for ds in headers]  # blank in the datasets
+    organs = {"liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4}
+    rebuilt = stacked_by_instance(seg_frames_by_instance(seg, organs), uids, expected.shape)
     np.testing.assert_array_equal(rebuilt, expected)
     liver = nifti[..., 9:12] == 1
     dice = 2 * (liver & (roi[..., 9:12] == 1)).sum() / (liver.sum() + (roi[..., 9:12] == 1).sum())

@@ -53,3 +53,23 @@ def write_series(folder: Path, frames: np.ndarray, *, orientation=(1, 0, 0, 0, 1
         ds.PixelData = np.ascontiguousarray(frame.astype("<i2")).tobytes()
         ds.save_as(folder / f"IM{len(frames) - n:04d}", enforce_file_format=True)
     return uids
+
+
+def seg_frames_by_instance(seg, values: dict[str, int]) -> dict[str, np.ndarray]:
+    """Label values per source SOP Instance UID, rebuilt from a DICOM-SEG's frames, each frame's referenced
+    instance and segment (``values``: segment label -> label value); asserts no two segments claim a pixel."""
+    value = {int(s.SegmentNumber): values[s.SegmentLabel] for s in seg.SegmentSequence}
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    out: dict[str, np.ndarray] = {}
+    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        labels = out.setdefault(source, np.zeros(frame.shape, np.uint8))
+        assert not (labels[frame > 0]).any(), "two segments claim one pixel"
+        labels[frame > 0] = value[number]
+    return out
+
+
+def stacked_by_instance(frames: dict[str, np.ndarray], uids: list[str], shape: tuple[int, ...]) -> np.ndarray:
+    """[N, rows, columns] in the order of ``uids``; an instance with no frame is all background."""
+    return np.stack([frames.get(uid, np.zeros(shape[1:], np.uint8)) for uid in uids]).astype(np.uint8)

@@ -10,7 +10,7 @@ from segmote_monai.data.dicom_seg import read_series_headers, write_dicom_seg
 from segmote_monai.data.readers import load_image
 from segmote_monai.data.terminology import coded_property
 from segmote_monai.errors import InputFileError
-from tests.data.dicom_series import PATIENT, write_series
+from tests.data.dicom_series import PATIENT, seg_frames_by_instance, write_series
 
 pytest.importorskip("highdicom")
 
@@ -57,17 +57,7 @@ def _series(tmp_path, orientation, **kwargs):
 
 
 def _frames_by_instance(seg: pydicom.Dataset) -> dict[str, np.ndarray]:
-    """Label values per source instance, rebuilt from the SEG's frames, their referenced instance and segment."""
-    value = {int(s.SegmentNumber): next(k for k, v in NAMES.items() if v == s.SegmentLabel) for s in seg.SegmentSequence}
-    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
-    out: dict[str, np.ndarray] = {}
-    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
-        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        labels = out.setdefault(source, np.zeros(frame.shape, np.uint8))
-        assert not (labels[frame > 0]).any(), "two segments claim one pixel"
-        labels[frame > 0] = value[number]
-    return out
+    return seg_frames_by_instance(seg, {name: value for value, name in NAMES.items()})
 
 
 @pytest.mark.parametrize("orientation", list(ORIENTATIONS.values()), ids=list(ORIENTATIONS))
