@@ -44,17 +44,15 @@ def reference_on_series_grid(series: Path) -> tuple[np.ndarray, np.ndarray]:
     return labels, image.affine.numpy()
 
 
-def read_back(path: Path, series: Path) -> np.ndarray:
+def read_back(path: Path, headers: list) -> np.ndarray:
     """[N, rows, columns] label values per source instance (series order), through highdicom's reader."""
     seg = hd.seg.segread(path)
     names = {"liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4}
     value = np.zeros(seg.number_of_segments + 1, np.uint8)
     for number in seg.segment_numbers:
         value[number] = names[seg.get_segment_description(number).segment_label]
-    headers = read_series_headers(series)
-    for ds in headers:
-        ds.SOPInstanceUID = ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID  # blank in this series
-    uids = [str(ds.SOPInstanceUID) for ds in headers]
+    # blank in this series' datasets; the file meta holds them, as the writer takes them
+    uids = [str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID) for ds in headers]
     numbers = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
                                                 skip_overlap_checks=False)
     return value[numbers]
@@ -92,8 +90,9 @@ def main(argv: list[str] | None = None) -> str:
                 cells = "same map | same map"
             rows.append(f"| {fmt} | {cells} | {seconds:.0f} | {path.stat().st_size / 1e6:.2f} MB |")
             print(rows[-1], flush=True)
-        expected = label_map_frames(pred, affine, read_series_headers(series), source=series)
-        back = read_back(outputs["dicom_seg"], series)
+        headers = read_series_headers(series)
+        expected = label_map_frames(pred, affine, headers, source=series)
+        back = read_back(outputs["dicom_seg"], headers)
         differing = int((back != expected).sum())
     section = ("## DICOM-SEG out (issue 11)\n\n" + provenance()
                + "\n\nThe shipped CHAOS checkpoint (MRI-trained; this is CT) through `monai.bundle run inference` on "

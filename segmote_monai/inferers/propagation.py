@@ -13,7 +13,8 @@ first slice whose mask
 - has a mean intensity more than ``max_shift`` standard deviations (of the key slice's mask) from the key
   slice's mask's mean: a mask on another tissue;
 - is smaller than ``min_pixels``, or has a predicted IoU below ``min_iou`` (the model's own quality estimate; 0,
-  the default, disables it: on CHAOS it stays at 0.7-0.95 on slices past an organ's end, so it cannot tell);
+  the default, disables it: on CHAOS patient 02 it stayed at 0.7-0.95 on slices past an organ's end, so it
+  cannot tell; an exploratory run, its script not kept);
 
 or at the end of the range. Every slice is encoded at most once, whatever the number of structures and of boxes
 given per slice beside the seeds. Where two structures' masks overlap, the segmenter's ``overlap`` rule decides,
@@ -23,11 +24,11 @@ How the defaults were chosen (shipped checkpoint, seed: each organ's largest sli
 ``margin=0`` and ``min_overlap=0.7`` on CHAOS patient 10 (wider margins let the boxes grow from slice to slice;
 without the overlap rule every organ ran through all 36 slices); ``max_growth=0.1`` and ``max_shift=2`` on
 patients 02, 01, 03 and 05 (key-slice seeds: mean 3D Dice 0.825 against 0.781 without them; 3D boxes: 0.785
-against 0.786, and 0.757 had the growth rule applied to them). Held-out figures: BENCHMARKS.md, section
-``propagation``. The remaining loss is
+against 0.786, and 0.757 had the growth rule applied to them, an exploratory run whose script was not kept;
+BENCHMARKS.md, section ``propagation_tuning``). Held-out figures: section ``propagation``. The remaining loss is
 where an organ tapers: the previous mask's box is then too large for the next slice and the model fills it.
 Re-prompting each slice with its own mask's box (once or twice) did not tighten it: 0.771 and 0.758 on the tuning
-patients against 0.806.
+patients against 0.806 (exploratory runs of an option since removed; not reproducible from the repository).
 """
 
 from __future__ import annotations
