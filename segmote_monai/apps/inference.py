@@ -93,6 +93,10 @@ class BundleInference:
         output_format: ``nifti`` (PNG for 2D images) or ``dicom_seg`` (DICOM series inputs only).
         propagation: the stopping rule of boxes marked ``"propagate"`` (keyword arguments of
             :func:`~segmote_monai.inferers.propagation.propagate`); the sidecar lists the slices each reached.
+        class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
+
+    ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
+    of ``labels``, each prompt-free on every slice).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class BundleInference:
         overlap: str = "smaller",
         output_format: str = "nifti",
         propagation: dict[str, Any] | None = None,
+        class_boxes: bool = False,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -128,6 +133,8 @@ class BundleInference:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.inferer = PromptedSliceInferer(backbone=backbone, cache=cache, batch_size=slice_batch_size,
                                             overlap=overlap, prompt_free_class=min(self.labels),
+                                            auto_classes=sorted(self.labels) if network.class_conditioned else None,
+                                            class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)
         self.postprocess = RestoreGridd(keys="pred", reference_key="image")
@@ -170,10 +177,11 @@ class BundleInference:
         check does, needs none), before anything is read or written."""
         if self.prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {list(PROMPT_MODES)}, got {self.prompt_mode!r}")
-        if self.prompt_mode == "auto" and (self.task != "binary" or self.network.ppt is None):
+        auto_ok = self.network.class_conditioned or (self.task == "binary" and self.network.ppt is not None)
+        if self.prompt_mode == "auto" and not auto_ok:
             raise ValueError(
-                f"prompt_mode 'auto' (PPT, no prompt) needs a binary model; this one segments {len(self.labels)} "
-                f"classes {self.labels}: use --prompt_mode box with --boxes or --roi"
+                f"prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with class_prompts; this "
+                f"one segments {len(self.labels)} classes {self.labels}: use --prompt_mode box with --boxes or --roi"
             )
         if self.prompt_mode == "box" and (self.boxes is None) == (self.roi is None):
             raise ValueError("prompt_mode 'box' needs exactly one of --boxes (a JSON file) or --roi (a label file)")

@@ -26,7 +26,8 @@ __all__ = ["PromptedTrainIteration", "VolumeEvalIteration"]
 
 class PromptedTrainIteration:
     """``SupervisedTrainer(iteration_update=...)``; see :mod:`segmote_monai.engines.step` for the rows it
-    decodes per sample (``prompt``, ``prompt_free_share``, and the model's ``ppt_beside_prompts``).
+    decodes per sample (``prompt``, ``prompt_free_share``, ``class_prompt_share``, and the model's
+    ``ppt_beside_prompts`` and class conditioning).
 
     Returns one dict per decoded row, as MONAI's default iteration leaves ``engine.state.output`` a list (so
     ``from_engine(["loss"], first=True)`` works in StatsHandler and MLflow): the batch ``loss`` and
@@ -34,11 +35,14 @@ class PromptedTrainIteration:
     [blocks, E], ``token_entropy``, ``token_cosine``; see :mod:`segmote_monai.routing`)."""
 
     def __init__(self, *, cache: EmbeddingCache | None = None, prompt: str = "box", prompt_free_share: float = 0.0,
-                 amp: bool = False) -> None:
+                 class_prompt_share: float = 0.5, amp: bool = False) -> None:
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {list(PROMPT_MODES)}, got {prompt!r}")
         if not 0.0 <= prompt_free_share <= 1.0:
             raise ValueError(f"prompt_free_share must be in [0, 1], got {prompt_free_share}")
+        if not 0.0 <= class_prompt_share <= 1.0:
+            raise ValueError(f"class_prompt_share must be in [0, 1], got {class_prompt_share}")
+        self.class_prompt_share = float(class_prompt_share)
         self.cache = cache
         self.prompt = prompt
         self.prompt_free_share = float(prompt_free_share)
@@ -49,7 +53,7 @@ class PromptedTrainIteration:
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.amp):
             out = training_iteration(engine.network, engine.optimizer, engine.loss_function, batch,
                                      cache=self.cache, prompt=self.prompt, prompt_free_share=self.prompt_free_share,
-                                     device=device)
+                                     class_prompt_share=self.class_prompt_share, device=device)
         output, loss = out["output"], out["loss"].item()
         rows = [(i, g.kind) for g in out["groups"] for i in g.rows]
         n = len(rows)

@@ -8,6 +8,7 @@ through the volume (:data:`~segmote_monai.transforms.prompts.PROPAGATION_META_KE
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,6 +30,9 @@ class PromptedSliceInferer(Inferer):
     Args:
         backbone, batch_size, cache, overlap: as :class:`~segmote_monai.inferers.SliceSegmenter`.
         prompt_free_class: the label value of a prompt-free (PPT) foreground.
+        auto_classes: the classes a class-conditioned model segments prompt-free (automatic multi-class
+            segmentation); None or empty: one prompt-free foreground, ``prompt_free_class``.
+        class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
             rule) for seeded structures; None: its defaults.
@@ -38,7 +42,8 @@ class PromptedSliceInferer(Inferer):
     """
 
     def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
-                 overlap: str = "smaller", prompt_free_class: int = 1, ppt_beside_boxes: bool = False,
+                 overlap: str = "smaller", prompt_free_class: int = 1, auto_classes: Sequence[int] | None = None,
+                 class_boxes: bool = False, ppt_beside_boxes: bool = False,
                  propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_options(batch_size=batch_size, overlap=overlap)
@@ -47,6 +52,8 @@ class PromptedSliceInferer(Inferer):
         self.cache = cache
         self.overlap = overlap
         self.prompt_free_class = prompt_free_class
+        self.auto_classes = [int(c) for c in auto_classes or []]
+        self.class_boxes = bool(class_boxes)
         self.ppt_beside_boxes = ppt_beside_boxes
         self.propagation = dict(propagation or {})
         self.last_reached: dict[int, list[int]] = {}
@@ -72,7 +79,10 @@ class PromptedSliceInferer(Inferer):
             if self.ppt_beside_boxes:
                 raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
             labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, **self.propagation)
+        elif prompts is None and self.auto_classes:
+            labels = segmenter(image, None, auto_classes=self.auto_classes)
         else:
             labels = segmenter(image, prompts, prompt_free_class=self.prompt_free_class,
+                               class_boxes=self.class_boxes and prompts is not None,
                                ppt_beside_boxes=self.ppt_beside_boxes and prompts is not None)
         return labels[None].to(inputs.device)

@@ -2,8 +2,9 @@
 
 Input: an image as :class:`~segmote_monai.transforms.LoadPaird` and ``ScaleIntensityByModalityd`` give it
 (oriented for slicing, intensities in [0, 1]) and, per slice, the prompts (boxes in that slice's pixels, one
-class id each) or none for prompt-free (PPT) use. Slices are pre-processed (RGB, longest-side resize + pad,
-backbone normalisation), embedded (through the cache when given), decoded in batches, and the mask logits
+class id each) or none for prompt-free (PPT) use: one foreground class, or with a class-conditioned model one
+row per class on every slice (automatic multi-class segmentation). Slices are pre-processed (RGB, longest-side
+resize + pad, backbone normalisation), embedded (through the cache when given), decoded in batches, and the mask logits
 resized back to the slice. Where two classes' masks overlap, ``overlap`` decides (:func:`merge_masks`). Memory
 grows with the batch, not with the number of slices.
 """
@@ -22,6 +23,7 @@ from segmote_monai.transforms.array import (
     ResizeLongestSidePad,
     ToRGB,
     backbone_normalization,
+    box_of_mask,
     scale_boxes,
 )
 from segmote_monai.transforms.prompts import prompts_from_label
@@ -132,6 +134,7 @@ class SliceSegmenter:
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, prompts: SlicePrompts | None = None, *, prompt_free_class: int = 1,
+                 auto_classes: Sequence[int] | None = None, auto_refine: bool = False, class_boxes: bool = False,
                  class_masks: bool = False, expert_scale: float = 1.0, ppt_beside_boxes: bool = False
                  ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Label map [1, ...] on ``image``'s grid: uint8 (int32 for label values past 255), so that a
@@ -140,7 +143,13 @@ class SliceSegmenter:
         Args:
             image: [C, H, W, S] oriented volume or [C, H, W] 2D image, intensities in [0, 1].
             prompts: per slice ``(boxes, class_ids)``; None for prompt-free (PPT) segmentation, where the
-                foreground gets ``prompt_free_class``.
+                foreground gets ``prompt_free_class``, or with ``auto_classes`` each of those classes.
+            auto_classes: prompt-free with a class-conditioned model: every class asked for on every slice (its
+                mask empty where the model finds it absent), merged by the ``overlap`` rule.
+            auto_refine: with ``auto_classes``, decode each non-empty prompt-free mask once more with its tight box
+                (and its class when ``class_boxes``) on the same encoder output: the box path's precision where the
+                prompt-free path found the organ.
+            class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
             class_masks: also return, per class, the bool mask [1, ...] its own prompts gave before the label
                 map's overlap rule (the paper scores each class on its own mask); for evaluation (one byte per
                 voxel and class).
@@ -148,6 +157,9 @@ class SliceSegmenter:
             ppt_beside_boxes: add the PPT tokens beside each box (a binary task of a model trained so).
         """
         self.model.eval()
+        if prompts is None and auto_classes is not None:
+            return self._auto(image, [int(c) for c in auto_classes], refine=auto_refine, class_boxes=class_boxes,
+                              class_masks=class_masks, expert_scale=expert_scale)
         scale = {} if expert_scale == 1.0 else {"expert_scale": expert_scale}
         beside = {"use_ppt": True} if ppt_beside_boxes else {}
         slices = volume_to_slices(torch.as_tensor(image))
@@ -171,8 +183,9 @@ class SliceSegmenter:
             boxes = torch.cat([scale_boxes(prompts[i][0], hw, self.size) for i in batch])
             classes = torch.cat([torch.as_tensor(prompts[i][1]).long() for i in batch])
             index = torch.cat([torch.full((len(prompts[i][0]),), j) for j, i in enumerate(batch)])
+            with_class = {"class_ids": classes.to(embeddings.device)} if class_boxes else {}
             out = self.model.predict(image_embeddings=embeddings, boxes=boxes.to(embeddings.device),
-                                     image_index=index.to(embeddings.device), **scale, **beside)
+                                     image_index=index.to(embeddings.device), **scale, **beside, **with_class)
             logits = self._unresize(out.masks.cpu(), hw)[:, 0]  # [N, H, W]
             for j, i in enumerate(batch):
                 rows = index == j
@@ -180,7 +193,56 @@ class SliceSegmenter:
                 for c, mask in zip(classes[rows].tolist(), logits[rows] > 0):
                     if class_masks:
                         own[c][i, 0] |= mask
-        volume = slices_to_volume(labels, is_2d=image.ndim == 3)
+        return self._volumes(labels, own, image.ndim == 3, class_masks)
+
+    @staticmethod
+    def _volumes(labels: torch.Tensor, own: dict[int, torch.Tensor], is_2d: bool, class_masks: bool
+                 ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        volume = slices_to_volume(labels, is_2d=is_2d)
         if not class_masks:
             return volume
-        return volume, {c: slices_to_volume(m, is_2d=image.ndim == 3) for c, m in own.items()}
+        return volume, {c: slices_to_volume(m, is_2d=is_2d) for c, m in own.items()}
+
+    def _refine(self, embeddings: torch.Tensor, masks: torch.Tensor, index: torch.Tensor, class_ids: torch.Tensor,
+                class_boxes: bool, scale: dict) -> torch.Tensor:
+        """[N, 1, S, S] prompt-free logits -> the same, where a row found something decoded again with the tight
+        box of what it found (in network-input pixels); empty rows stay empty."""
+        found = (masks > 0).flatten(1).any(dim=1)
+        if not bool(found.any()):
+            return masks
+        rows = torch.nonzero(found).flatten()
+        boxes = torch.stack([box_of_mask(masks[r, 0] > 0) for r in rows.tolist()]).to(masks.device)
+        with_class = {"class_ids": class_ids[rows]} if class_boxes else {}
+        boxed = self.model.predict(image_embeddings=embeddings, boxes=boxes, image_index=index[rows], **scale,
+                                   **with_class).masks
+        out = masks.clone()
+        out[rows] = boxed
+        return out
+
+    def _auto(self, image: torch.Tensor, classes: list[int], *, refine: bool, class_boxes: bool, class_masks: bool,
+              expert_scale: float) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Automatic multi-class segmentation: one class-conditioned prompt-free row per class and slice."""
+        if not classes:
+            raise ValueError("auto_classes must name at least one class")
+        slices = volume_to_slices(torch.as_tensor(image))
+        hw = tuple(slices.shape[-2:])
+        labels = torch.zeros(len(slices), 1, *hw, dtype=torch.uint8 if max(classes) < 256 else torch.int32)
+        own = {c: torch.zeros(len(slices), 1, *hw, dtype=torch.bool) for c in classes} if class_masks else {}
+        scale = {} if expert_scale == 1.0 else {"expert_scale": expert_scale}
+        k = len(classes)
+        for batch in self._batches(len(slices), None):
+            embeddings = self.embed(torch.stack([self.preprocess(slices[i]) for i in batch]))
+            device = embeddings.device
+            index = torch.arange(len(batch), device=device).repeat_interleave(k)
+            class_ids = torch.tensor(classes, device=device).repeat(len(batch))
+            masks = self.model.predict(image_embeddings=embeddings, image_index=index, class_ids=class_ids,
+                                       **scale).masks
+            if refine:
+                masks = self._refine(embeddings, masks, index, class_ids, class_boxes, scale)
+            logits = self._unresize(masks.cpu(), hw)[:, 0].reshape(len(batch), k, *hw)
+            for j, i in enumerate(batch):
+                labels[i, 0] = merge_masks(logits[j], torch.tensor(classes), rule=self.overlap).to(labels.dtype)
+                for c, mask in zip(classes, logits[j] > 0):
+                    if class_masks:
+                        own[c][i, 0] = mask
+        return self._volumes(labels, own, image.ndim == 3, class_masks)

@@ -1,4 +1,5 @@
-"""Dice on mask logits plus the weighted router load-balancing loss, composed like MONAI's DiceCELoss."""
+"""Dice (and optionally binary cross-entropy) on mask logits plus the weighted router load-balancing loss,
+composed like MONAI's DiceCELoss."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch.nn.modules.loss import _Loss
 
@@ -17,7 +19,12 @@ __all__ = ["DiceBalanceLoss"]
 
 
 class DiceBalanceLoss(_Loss):
-    """``L = Dice(sigmoid(mask logits), labels) + lambda_balance * L_balance``.
+    """``L = Dice(sigmoid(mask logits), labels) + lambda_ce * BCE(mask logits, labels) + lambda_balance * L_balance``.
+
+    The cross-entropy term is for targets that may be empty (class-conditioned prompt-free rows, where the class
+    is absent from the slice): on an empty target the per-sample Dice is ``1 - s / (sum(p) + s)`` with MONAI's
+    tiny smoothing ``s``, which is ~1 with a vanishing gradient as soon as a few pixels are predicted, so Dice
+    alone never teaches "nothing here".
 
     Callable as ``loss(output, labels)`` with a :class:`SegMoTEOutput` (what a trainer passes when the
     network returns one) or as ``loss(mask_logits, labels, routing)``.
@@ -25,20 +32,24 @@ class DiceBalanceLoss(_Loss):
     Args:
         lambda_balance: weight of the balance term, >= 0 (the paper's 0.01).
         load: ``"indicator"`` (the paper) or ``"smooth"`` (Shazeer et al.'s differentiable estimate).
+        lambda_ce: weight of the pixel-wise binary cross-entropy, >= 0 (0: the paper's Dice only).
         dice_kwargs: passed to :class:`monai.losses.DiceLoss` (``sigmoid=True`` by default).
     """
 
-    def __init__(self, *, lambda_balance: float = 0.01, load: str = "indicator", **dice_kwargs: Any) -> None:
+    def __init__(self, *, lambda_balance: float = 0.01, load: str = "indicator", lambda_ce: float = 0.0,
+                 **dice_kwargs: Any) -> None:
         super().__init__()
-        if isinstance(lambda_balance, bool) or not isinstance(lambda_balance, (int, float)):
-            raise TypeError(f"lambda_balance must be a number, got {type(lambda_balance).__name__}")
-        if lambda_balance < 0:
-            raise ValueError(f"lambda_balance must be >= 0, got {lambda_balance}")
+        for name, value in (("lambda_balance", lambda_balance), ("lambda_ce", lambda_ce)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if load not in LOAD_MODES:
             raise ValueError(f"load must be one of {list(LOAD_MODES)}, got {load!r}")
         dice_kwargs.setdefault("sigmoid", True)
         self.dice = DiceLoss(**dice_kwargs)
         self.lambda_balance = float(lambda_balance)
+        self.lambda_ce = float(lambda_ce)
         self.load = load
 
     def forward(
@@ -55,6 +66,8 @@ class DiceBalanceLoss(_Loss):
         if input.shape != target.shape:
             raise ValueError(f"mask logits {list(input.shape)} and labels {list(target.shape)} must match")
         loss = self.dice(input, target)
+        if self.lambda_ce:
+            loss = loss + self.lambda_ce * F.binary_cross_entropy_with_logits(input, target.to(input.dtype))
         if routing and self.lambda_balance:
             loss = loss + self.lambda_balance * load_balance_loss(routing, load=self.load).to(loss.device)
         return loss

@@ -33,6 +33,8 @@ _READ_VERSIONS = (1, 2, VERSION)
 #: Version 1 files were written before these options existed: they hold the paper's layout.
 V1_CONFIG = {"expert_attention": "shared", "mask_head": "routed", "experts_write_image": False,
              "trainable_reader": False, "ppt_beside_prompts": False}
+#: Options added after a file version was fixed, with the value that reproduces files written before them.
+LATER_OPTIONS = {"num_condition_classes": 0, "ppt_positional_values": False}
 _FROZEN_PREFIXES = ("image_encoder.", "prompt_encoder.")
 _SAM_DECODER_PREFIX = "decoder.mask_decoder."
 
@@ -91,7 +93,7 @@ def upgrade_payload(payload: dict) -> dict:
     if payload["version"] == 2:
         payload = {k: v for k, v in payload.items() if k != "state_dict"} | {"version": VERSION,
                                                                             "model": payload["state_dict"]}
-    return payload
+    return {**payload, "config": {**LATER_OPTIONS, **payload["config"]}}
 
 
 def _from_version_1(payload: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Progressive Prompt Tokenization (PPT): prompt tokens learned from the image, for binary tasks."""
+"""Progressive Prompt Tokenization (PPT): prompt tokens learned from the image, for binary tasks, and, with
+class conditioning, for each class of a multi-class model."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ class ProgressivePromptTokenizer(nn.Module):
     an optional foreground carrier per prompt (a pooled mask-prompt embedding or a learned class
     embedding). The model adds carriers with probability :attr:`carrier_probability`, which a trainer
     handler lowers to 0 over training, so that at inference PPT needs nothing but the image.
+
+    **Class conditioning** (``num_condition_classes > 0``, beyond the paper, whose PPT is binary): a second
+    learned class embedding ``e_k`` is added to the queries whenever a class ``k`` is asked for, in training and
+    at inference: ``q + e_k`` makes the tokens that mean "class k on this image" (prompt-free, one row per class,
+    empty where the class is absent) or, beside a box, "this box holds class k". It is kept apart from the
+    carrier's class embedding, which training anneals away.
+
+    **Positional values** (``positional_values=True``): the attention's values are ``LN(F) + PE`` as well as its
+    keys, so that a token is a mixture of the positional encodings of the places it attends to (a soft point
+    prompt, which is how SAM's decoder is told *where*), not only of their features. A token that must find an
+    organ with no human prompt needs that; measured in BENCHMARKS.md (``automatic``).
     """
 
     def __init__(
@@ -28,6 +40,8 @@ class ProgressivePromptTokenizer(nn.Module):
         num_heads: int = 8,
         mlp_dim: int = 2048,
         num_carrier_classes: int = 1,
+        num_condition_classes: int = 0,
+        positional_values: bool = False,
     ) -> None:
         super().__init__()
         for arg, value in (("embedding_dim", embedding_dim), ("num_queries", num_queries),
@@ -37,11 +51,17 @@ class ProgressivePromptTokenizer(nn.Module):
                 raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
             if value < 1:
                 raise ValueError(f"{arg} must be >= 1, got {value}")
+        if not isinstance(num_condition_classes, int) or isinstance(num_condition_classes, bool):
+            raise TypeError(f"num_condition_classes must be an int, got {type(num_condition_classes).__name__}")
+        if num_condition_classes < 0:
+            raise ValueError(f"num_condition_classes must be >= 0, got {num_condition_classes}")
         if embedding_dim % num_heads:
             raise ValueError(f"num_heads must divide embedding_dim={embedding_dim}, got {num_heads}")
         self.num_queries = num_queries
+        self.positional_values = bool(positional_values)
         self.queries = nn.Embedding(num_queries, embedding_dim)
         self.class_embedding = nn.Embedding(num_carrier_classes, embedding_dim)
+        self.condition = nn.Embedding(num_condition_classes, embedding_dim) if num_condition_classes else None
         self.norm_image = nn.LayerNorm(embedding_dim)
         self.attention = nn.MultiheadAttention(embedding_dim, num_heads, batch_first=True)
         self.norm_tokens = nn.LayerNorm(embedding_dim)
@@ -51,6 +71,22 @@ class ProgressivePromptTokenizer(nn.Module):
     @property
     def num_carrier_classes(self) -> int:
         return self.class_embedding.num_embeddings
+
+    @property
+    def num_condition_classes(self) -> int:
+        return self.condition.num_embeddings if self.condition is not None else 0
+
+    def class_condition(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """[N] class ids -> [N, D] conditioning embeddings."""
+        n = self.num_condition_classes
+        if not n:
+            raise ValueError("class ids were given, but this PPT has no class conditioning (num_condition_classes=0)")
+        if class_ids.numel() and (int(class_ids.min()) < 0 or int(class_ids.max()) >= n):
+            raise ValueError(
+                f"class ids must be in [0, {n - 1}] (num_condition_classes={n}), "
+                f"got [{int(class_ids.min())}, {int(class_ids.max())}]"
+            )
+        return self.condition(class_ids.long().to(self.condition.weight.device))
 
     @property
     def carrier_probability(self) -> float:
@@ -84,7 +120,8 @@ class ProgressivePromptTokenizer(nn.Module):
         )
 
     def forward(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, carriers: torch.Tensor | None = None
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, carriers: torch.Tensor | None = None,
+        class_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Prompt tokens for each row.
 
@@ -92,6 +129,7 @@ class ProgressivePromptTokenizer(nn.Module):
             image_embeddings: [N, D, h, w], one row per prompt.
             image_pe: [1, D, h, w] dense positional encoding.
             carriers: [N, D] or None; zero rows add nothing.
+            class_ids: [N] the class each row asks for (class conditioning), or None.
 
         Returns:
             [N, Q, D] PPT tokens.
@@ -102,6 +140,10 @@ class ProgressivePromptTokenizer(nn.Module):
         queries = self.queries.weight.unsqueeze(0).expand(n, -1, -1)
         if carriers is not None:
             queries = queries + carriers.unsqueeze(1).to(queries.dtype)
-        attended = self._attend(queries, keys, image_tokens)
+        if class_ids is not None:
+            if tuple(class_ids.shape) != (n,):
+                raise ValueError(f"class_ids must be [{n}], got {list(class_ids.shape)}")
+            queries = queries + self.class_condition(class_ids).unsqueeze(1).to(queries.dtype)
+        attended = self._attend(queries, keys, keys if self.positional_values else image_tokens)
         hidden = queries + attended
         return hidden + self.mlp(self.norm_tokens(hidden))

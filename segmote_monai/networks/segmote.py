@@ -107,6 +107,12 @@ class SegMoTE(nn.Module):
         return self
 
     @property
+    def class_conditioned(self) -> bool:
+        """Whether PPT is conditioned on a class: prompt-free segmentation of each class (automatic multi-class),
+        and class-aware prompts (``predict(class_ids=...)``)."""
+        return self.ppt is not None and self.ppt.num_condition_classes > 0
+
+    @property
     def img_size(self) -> int:
         return int(self.prompt_encoder.input_image_size[0])
 
@@ -130,6 +136,8 @@ class SegMoTE(nn.Module):
             "ppt_heads": ppt.attention.num_heads if ppt is not None else 0,
             "ppt_mlp_dim": ppt.mlp.lin1.out_features if ppt is not None else 0,
             "num_carrier_classes": ppt.num_carrier_classes if ppt is not None else 0,
+            "num_condition_classes": ppt.num_condition_classes if ppt is not None else 0,
+            "ppt_positional_values": ppt.positional_values if ppt is not None else False,
             "train_decoder": self.train_decoder,
             "ppt_beside_prompts": self.ppt_beside_prompts,
         }
@@ -182,6 +190,7 @@ class SegMoTE(nn.Module):
         use_ppt: bool | None = None,
         carrier_masks: torch.Tensor | None = None,
         carrier_class_ids: torch.Tensor | None = None,
+        class_ids: torch.Tensor | None = None,
         expert_scale: float = 1.0,
     ) -> SegMoTEOutput:
         """Segments one object per prompt.
@@ -196,10 +205,14 @@ class SegMoTE(nn.Module):
                 zeros when B == 1. Without boxes and points there is one prompt-free row per image, or per entry
                 of ``image_index`` when it is given.
             use_ppt: add the PPT tokens; defaults to True exactly when there are no boxes or points and the model
-                has PPT (without PPT, a prompt-free call decodes with no prompt tokens, as SAM does).
+                has PPT (without PPT, a prompt-free call decodes with no prompt tokens, as SAM does), or when
+                ``class_ids`` are given.
             carrier_masks: [N, 1, H', W'] label masks, and/or
             carrier_class_ids: [N] class ids: PPT carriers, used only in training with
                 ``ppt.carrier_probability > 0``.
+            class_ids: [N] the class each row asks for: the PPT tokens are conditioned on it (a model built with
+                ``num_condition_classes``), prompt-free (that class's mask, empty where it is absent) or beside the
+                row's box or points.
             expert_scale: how much of the experts' correction to apply (``mask_head="residual"``): 0 is the
                 frozen backbone's own prediction on the same prompts, 1 the trained model.
 
@@ -213,9 +226,15 @@ class SegMoTE(nn.Module):
         prompted = boxes is not None or points is not None
         n = self._num_prompts(b if image_index is None else len(image_index), boxes, points, point_labels)
         image_index = self._image_index(image_index, b, n, embeddings.device)
-        use_ppt = (not prompted and self.ppt is not None) if use_ppt is None else use_ppt
+        if use_ppt is None:
+            use_ppt = (not prompted and self.ppt is not None) or class_ids is not None
         if use_ppt and self.ppt is None:
             raise ValueError("use_ppt=True but this model has no PPT (num_ppt_queries=0)")
+        if class_ids is not None:
+            if not use_ppt or not self.ppt.num_condition_classes:
+                raise ValueError("class_ids need PPT tokens with class conditioning (num_condition_classes > 0)")
+            if tuple(class_ids.shape) != (n,):
+                raise ValueError(f"class_ids must be [{n}], got {list(class_ids.shape)}")
 
         point_input = (points, point_labels) if points is not None else None
         sparse, dense = self.prompt_encoder(points=point_input, boxes=boxes, masks=None)
@@ -225,8 +244,9 @@ class SegMoTE(nn.Module):
         image_pe = self.prompt_encoder.get_dense_pe()
         ppt_tokens = None
         if use_ppt:
-            carriers = self._carriers(n, carrier_masks, carrier_class_ids)
-            ppt_tokens = self.ppt(embeddings[image_index], image_pe, carriers)
+            # a class-conditioned row already names its class: the carrier, which training anneals away, is not added
+            carriers = self._carriers(n, carrier_masks, carrier_class_ids) if class_ids is None else None
+            ppt_tokens = self.ppt(embeddings[image_index], image_pe, carriers, class_ids)
         out = self.decoder(
             image_embeddings=embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, image_index=image_index, ppt_tokens=ppt_tokens, expert_scale=expert_scale,
@@ -341,6 +361,8 @@ def build_segmote(
     ppt_heads: int = 8,
     ppt_mlp_dim: int = 2048,
     num_carrier_classes: int = 1,
+    num_condition_classes: int = 0,
+    ppt_positional_values: bool = False,
     train_decoder: bool = False,
     ppt_beside_prompts: bool = False,
     trainable_checkpoint: str | Path | None = None,
@@ -349,8 +371,10 @@ def build_segmote(
 
     ``num_expert_tokens=0`` gives the frozen backbone's own output (the zero-shot baseline); the decoder's
     options are described in :mod:`segmote_monai.networks.decoder` and :mod:`segmote_monai.networks.mote`;
-    ``num_ppt_queries=0`` leaves PPT out. ``trainable_checkpoint`` loads a file written by
-    :func:`segmote_monai.networks.checkpoint.save_trainable` and checks that it fits.
+    ``num_ppt_queries=0`` leaves PPT out; ``num_condition_classes > 0`` conditions PPT on a class (class ids
+    ``0 .. num_condition_classes - 1``; see :class:`~segmote_monai.networks.ppt.ProgressivePromptTokenizer`).
+    ``trainable_checkpoint`` loads a file written by :func:`segmote_monai.networks.checkpoint.save_trainable` and
+    checks that it fits.
     """
     train_decoder, noisy_gating = as_bool(train_decoder, "train_decoder"), as_bool(noisy_gating, "noisy_gating")
     parts = build_backbone(backbone, checkpoint=sam_checkpoint, random_weights=random_weights)
@@ -368,7 +392,11 @@ def build_segmote(
         ppt = ProgressivePromptTokenizer(
             embedding_dim=dim, num_queries=num_ppt_queries, num_heads=ppt_heads,
             mlp_dim=ppt_mlp_dim, num_carrier_classes=num_carrier_classes,
+            num_condition_classes=num_condition_classes,
+            positional_values=as_bool(ppt_positional_values, "ppt_positional_values"),
         )
+    elif num_condition_classes:
+        raise ValueError(f"num_condition_classes={num_condition_classes} needs PPT (num_ppt_queries > 0)")
     model = SegMoTE(
         image_encoder=parts.image_encoder, prompt_encoder=parts.prompt_encoder, decoder=decoder, ppt=ppt,
         backbone_name=parts.name, backbone_sha256=parts.weights_sha256, train_decoder=train_decoder,

@@ -20,6 +20,7 @@ from segmote_monai.networks.backbones import BACKBONE_INPUT
 __all__ = [
     "MODALITIES",
     "LabelToPrompts",
+    "RandClassTarget",
     "RandPrompt",
     "ResizeLongestSidePad",
     "ScaleIntensityByModality",
@@ -235,3 +236,34 @@ class RandPrompt(LabelToPrompts):
             self.randomize(label)
         mask = label == self._class
         return {"mask": mask[None].float(), "class_id": torch.tensor(self._class), **self.prompt_for(mask)}
+
+
+class RandClassTarget(Randomizable, Transform):
+    """The class-conditioned prompt-free target of one training sample (automatic multi-class segmentation):
+    one class of ``classes``, present on the [1, H, W] label with probability ``present_share`` and absent
+    otherwise (when the slice has both kinds), with its binary mask, empty for an absent class. Absent classes
+    teach the class-conditioned PPT to answer "not on this slice", which a Dice loss on present classes alone
+    never asks of it.
+
+    Returns ``auto_class_id`` (a 0-d long tensor) and ``auto_mask`` [1, H, W] float.
+    """
+
+    def __init__(self, classes: Sequence[int], *, present_share: float = 0.5) -> None:
+        if not classes or any(int(c) <= 0 for c in classes):
+            raise ValueError(f"classes must be a non-empty list of label values > 0, got {list(classes)}")
+        if not 0.0 <= present_share <= 1.0:
+            raise ValueError(f"present_share must be in [0, 1], got {present_share}")
+        self.classes = [int(c) for c in classes]
+        self.present_share = float(present_share)
+
+    def randomize(self, data: torch.Tensor) -> None:
+        present = [c for c in self.classes if bool((data == c).any())]
+        absent = [c for c in self.classes if c not in present]
+        use_present = bool(present) and (not absent or self.R.rand() < self.present_share)
+        self._class = int(self.R.choice(present if use_present else absent))
+
+    def __call__(self, label: torch.Tensor, randomize: bool = True) -> dict[str, torch.Tensor]:
+        label = torch.as_tensor(label)[0]
+        if randomize:
+            self.randomize(label)
+        return {"auto_class_id": torch.tensor(self._class), "auto_mask": (label == self._class)[None].float()}

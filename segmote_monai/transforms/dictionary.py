@@ -25,6 +25,7 @@ from segmote_monai.data.slicing import check_pair, orient_for_slicing, restore_g
 from segmote_monai.errors import InputFileError
 from segmote_monai.transforms.array import (
     LabelToPrompts,
+    RandClassTarget,
     RandPrompt,
     ScaleIntensityByModality,
     ToRGB,
@@ -35,6 +36,7 @@ __all__ = [
     "BackboneNormalized",
     "LabelToPromptsd",
     "LoadPaird",
+    "RandClassTargetd",
     "RandPromptd",
     "RandSliceSamplerd",
     "ResizeLongestSidePadd",
@@ -254,6 +256,13 @@ class LabelToPromptsd(_PromptsFromLabeld):
     2D label under ``label_key``: the evaluation and inference prompts."""
 
     prompt_type = LabelToPrompts
+
+
+class RandClassTargetd(_PromptsFromLabeld):
+    """Adds ``auto_class_id`` and ``auto_mask``, a class present or absent on the 2D label under ``label_key``
+    (see :class:`~segmote_monai.transforms.array.RandClassTarget`): class-conditioned prompt-free training."""
+
+    prompt_type = RandClassTarget
 
 
 class RandPromptd(_PromptsFromLabeld):

@@ -6,7 +6,7 @@ oriented image, ``(boxes [K, 4], class_ids [K])`` in that slice's pixels, or Non
 
 Prompt modes (:data:`PROMPT_MODES`):
 
-- ``auto``: no prompt (PPT tokens only); binary models only.
+- ``auto``: no prompt (PPT tokens only); binary models, or models with class-conditioned PPT (every class).
 - ``box``: exactly one of
 
   - ``boxes``: ``{"boxes": [{"label": 1, "box": [...], "space": "voxel"}]}`` (or the list alone, a JSON text,
@@ -199,11 +199,14 @@ class AttachPromptsd(MapTransform):
         image_key: the oriented image, as :class:`~segmote_monai.transforms.LoadPaird` gives it.
         label_key: the ROI image; it is removed from the output once turned into boxes (it is an input, not
             a prediction, and MONAI Label would otherwise write it back).
+        class_conditioned: the model segments each class prompt-free (``auto`` is then allowed with several
+            classes).
     """
 
     def __init__(self, *, labels: Mapping[Any, str], prompt_mode: str = "box", boxes: Any = None,
-                 image_key: str = "image", label_key: str = "label") -> None:
+                 image_key: str = "image", label_key: str = "label", class_conditioned: bool = False) -> None:
         super().__init__(image_key)
+        self.class_conditioned = bool(class_conditioned)
         self.labels = {int(k): str(v) for k, v in labels.items() if int(k) > 0}
         if not self.labels:
             raise ValueError(f"labels must name at least one foreground class, got {dict(labels)}")
@@ -217,9 +220,10 @@ class AttachPromptsd(MapTransform):
     def _check_mode(self) -> None:
         if self.prompt_mode not in PROMPT_MODES:
             raise RequestError(f"prompt_mode must be one of {list(PROMPT_MODES)}, got {self.prompt_mode!r}")
-        if self.prompt_mode == "auto" and len(self.labels) > 1:
-            raise RequestError(f"prompt_mode 'auto' (PPT, no prompt) needs a binary model; this one segments "
-                               f"{len(self.labels)} classes {self.labels}: give boxes or a label ROI")
+        if self.prompt_mode == "auto" and len(self.labels) > 1 and not self.class_conditioned:
+            raise RequestError(f"prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with "
+                               f"class_prompts; this one segments {len(self.labels)} classes {self.labels}: give "
+                               "boxes or a label ROI")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self._check_mode()

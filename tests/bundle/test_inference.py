@@ -10,7 +10,7 @@ from PIL import Image
 
 from segmote_monai.data import load_image
 from segmote_monai.data.dicom_seg import label_map_frames, read_series_headers
-from tests.bundle.conftest import CONFIGS, REPO, bundle_cli
+from tests.bundle.conftest import CONFIGS, REPO, TINY_OVERRIDES, bundle_cli
 from tests.conftest import shared_data
 from tests.data.dicom_series import seg_frames_by_instance, stacked_by_instance, write_series
 
@@ -66,10 +66,40 @@ def test_2d_image_gives_a_2d_label_image(checkpoint, tmp_path):
     assert pred.shape == (50, 70) and set(np.unique(pred)) <= {0, 2}
 
 
+@pytest.fixture(scope="module")
+def class_prompt_checkpoint(tiny_dataset, tmp_path_factory):
+    """The real train.json with class_prompts on the tiny two-class dataset (with empty slices and cross-entropy)."""
+    out = tmp_path_factory.mktemp("class_prompts")
+    run = bundle_cli("run", "training", "--config_file", CONFIGS / "train.json", "--dataset_dir", tiny_dataset,
+                     "--datalist", tiny_dataset / "datalist.json", "--output_dir", out, "--model_path",
+                     out / "model.pt", *TINY_OVERRIDES, "--class_prompts", "True", "--empty_share", "0.3",
+                     "--lambda_ce", "1.0")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out / "models" / "segmote_latest.pt"
+
+
+def test_automatic_multi_class_and_class_aware_boxes(class_prompt_checkpoint, tiny_dataset, tmp_path):
+    image = tiny_dataset / "images" / "case3.nii.gz"
+    auto = infer(class_prompt_checkpoint, "--input", image, "--prompt_mode", "auto", "--output_dir", tmp_path / "auto")
+    assert auto.returncode == 0, auto.stdout[-3000:] + auto.stderr[-3000:]
+    sidecar = json.loads((tmp_path / "auto" / "case3_seg.json").read_text())
+    assert sidecar["prompt_mode"] == "auto" and sidecar["labels"] == {"1": "organ", "2": "lesion"}
+    pred = nib.load(tmp_path / "auto" / "case3_seg.nii.gz")
+    assert pred.shape == nib.load(image).shape and set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+    roi = tiny_dataset / "labels" / "case3.nii.gz"
+    boxed = {flag: infer(class_prompt_checkpoint, "--input", image, "--roi", roi, "--class_boxes", flag,
+                         "--output_dir", tmp_path / flag) for flag in ("True", "False")}
+    for run in boxed.values():
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "Traceback" not in run.stderr
+    for flag in ("True", "False"):
+        assert set(np.unique(np.asarray(nib.load(tmp_path / flag / "case3_seg.nii.gz").dataobj))) <= {0, 1, 2}
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--prompt_mode", "auto"], "prompt_mode 'auto' (PPT, no prompt) needs a binary model; this one segments 2 classes"),
+        (["--prompt_mode", "auto"], "prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with class_prompts; this one segments 2 classes"),
         (["--prompt_mode", "box"], "needs exactly one of --boxes"),
         (["--boxes", "{boxes}"], "box 0 lies outside the image"),
         (["--roi", "{roi}", "--label_overlap", "largest"], "overlap must be one of ['smaller', 'logit'], got 'largest'"),

@@ -100,3 +100,55 @@ def test_every_trainable_parameter_gets_a_gradient_and_nothing_frozen_does():
     assert trainable - seen == set()
     assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
     assert frozen and all(n.startswith(("image_encoder.", "prompt_encoder.", "decoder.mask_decoder.")) for n in frozen)
+
+
+def _auto_batch(b=4):
+    batch = _batch(b, tasks=("multi-class",) * b)
+    batch["class_id"] = torch.tensor([1, 2, 1, 2])[:b]
+    batch["auto_class_id"] = torch.tensor([2, 1, 1, 2])[:b]
+    batch["auto_mask"] = torch.zeros(b, 1, 64, 64)
+    batch["mask"][3] = 0  # an empty slice: decoded only prompt-free
+    return batch
+
+
+@pytest.mark.parametrize(
+    "share,expected",
+    [
+        (0.0, {"box": [0, 1, 2], "class_auto": [0, 1, 2, 3]}),
+        (1.0, {"box+class": [0, 1, 2], "class_auto": [0, 1, 2, 3]}),
+    ],
+)
+def test_class_conditioned_rows(share, expected):
+    """Every sample once prompt-free for its drawn class; boxes only for objects, with their class at the share."""
+    model = tiny_segmote(num_condition_classes=3)
+    groups = plan_rows(model, _auto_batch(), prompt="box", class_prompt_share=share)
+    assert {g.kind: g.rows for g in groups} == expected
+    by_kind = {g.kind: g for g in groups}
+    assert by_kind["class_auto"].class_key == "auto_class_id" and by_kind["class_auto"].target_key == "auto_mask"
+
+
+def test_class_rows_need_a_conditioned_model_and_a_drawn_class():
+    assert [g.kind for g in plan_rows(tiny_segmote(), _auto_batch())] == ["box"]  # the empty slice boxed too
+    batch = _auto_batch()
+    del batch["auto_class_id"], batch["auto_mask"]
+    assert [g.kind for g in plan_rows(tiny_segmote(num_condition_classes=3), batch)] == ["box"]
+
+
+def test_class_conditioned_step_trains_on_its_own_targets():
+    """The class_auto rows are scored against auto_mask: with an empty auto target their logits fall."""
+    model = tiny_segmote(num_condition_classes=3)
+    batch = _auto_batch()
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    out = training_iteration(model, optimiser, DiceBalanceLoss(lambda_ce=1.0), batch, class_prompt_share=1.0)
+    kinds = [g.kind for g in out["groups"]]
+    first = out["output"].masks[-4:].detach().mean()
+    for _ in range(5):
+        out = training_iteration(model, optimiser, DiceBalanceLoss(lambda_ce=1.0), batch, class_prompt_share=1.0)
+    assert kinds == ["box+class", "class_auto"] and out["output"].masks.shape[0] == 7
+    assert out["output"].masks[-4:].detach().mean() < first
+    assert model.ppt.condition.weight.grad is not None and model.ppt.condition.weight.grad.abs().sum() > 0
+
+
+def test_bad_class_prompt_share():
+    with pytest.raises(ValueError, match=r"class_prompt_share must be in \[0, 1\], got -0.5"):
+        plan_rows(tiny_segmote(), _batch(), class_prompt_share=-0.5)

@@ -68,6 +68,60 @@ def test_prompt_free_gives_the_binary_class_and_2d_stays_2d():
     assert (pred[0, 10:20, 5:30] == 3).float().mean() > 0.95
 
 
+class ClassPainter(BoxPainter):
+    """A stand-in class-conditioned SegMoTE: prompt-free class k paints rows [4k, 4k + 4) of every slice; class 9
+    is never found."""
+
+    class_conditioned = True
+
+    def predict(self, *, image_embeddings, image_index=None, class_ids=None, boxes=None):
+        if class_ids is None:
+            return super().predict(image_embeddings=image_embeddings, boxes=boxes, image_index=image_index)
+        masks = -torch.ones(len(class_ids), 1, 64, 64)
+        for row, c in enumerate(class_ids.tolist()):
+            if c != 9:
+                masks[row, 0, 4 * c: 4 * c + 4] = 1.0
+        return SimpleNamespace(masks=masks)
+
+
+def test_automatic_multi_class_asks_for_every_class_on_every_slice():
+    model = ClassPainter()
+    pred, own = SliceSegmenter(model, backbone="tiny", batch_size=2)(
+        torch.rand(1, 64, 64, 3), None, auto_classes=[1, 2, 9], class_masks=True)
+    assert pred.shape == (1, 64, 64, 3) and model.calls == 3
+    expected = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    expected[0, 4:8], expected[0, 8:12] = 1, 2
+    assert torch.equal(pred, expected)
+    assert sorted(own) == [1, 2, 9] and not own[9].any() and torch.equal(own[2], expected == 2)
+
+
+class PieceClassPainter(ClassPainter):
+    """Prompt-free class k finds two pieces of its box [4k, 4k + 4) x [0, 30): rows 4k, 4k + 1 in columns [0, 10) and
+    rows 4k + 2, 4k + 3 in columns [20, 30); a box prompt fills its box (BoxPainter)."""
+
+    def predict(self, *, image_embeddings, image_index=None, class_ids=None, boxes=None):
+        if class_ids is None or boxes is not None:
+            return super().predict(image_embeddings=image_embeddings, boxes=boxes, image_index=image_index)
+        masks = -torch.ones(len(class_ids), 1, 64, 64)
+        for row, c in enumerate(class_ids.tolist()):
+            if c != 9:
+                masks[row, 0, 4 * c: 4 * c + 2, 0:10] = 1.0
+                masks[row, 0, 4 * c + 2: 4 * c + 4, 20:30] = 1.0
+        return SimpleNamespace(masks=masks)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_auto_refine_decodes_what_was_found_again_with_its_tight_box(refine):
+    pred = SliceSegmenter(PieceClassPainter(), backbone="tiny", batch_size=2)(
+        torch.rand(1, 64, 64, 2), None, auto_classes=[1, 9], auto_refine=refine)
+    expected = torch.zeros(1, 64, 64, 2, dtype=torch.uint8)
+    if refine:
+        expected[0, 4:8, 0:30] = 1
+    else:
+        expected[0, 4:6, 0:10], expected[0, 6:8, 20:30] = 1, 1
+    assert torch.equal(pred, expected)
+
+
 def test_real_network_and_cache(tmp_path):
     model = tiny_segmote(num_ppt_queries=0)
     cache = EmbeddingCache.for_model(tmp_path, model, {"size": 64})

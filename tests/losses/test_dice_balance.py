@@ -29,6 +29,24 @@ def test_perfect_prediction_without_routing_is_near_zero():
     assert DiceBalanceLoss()(logits, labels).item() < 1e-4
 
 
+def test_cross_entropy_term_is_added_with_its_weight():
+    out = _output()
+    labels = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out.masks, labels)
+    torch.testing.assert_close(DiceBalanceLoss(lambda_ce=0.5)(out, labels), DiceBalanceLoss()(out, labels) + 0.5 * bce)
+
+
+def test_cross_entropy_gives_an_empty_target_the_gradient_dice_does_not():
+    """Why class-conditioned training needs lambda_ce: Dice alone barely moves a confident false positive."""
+    logits = torch.full((1, 1, 8, 8), 5.0, requires_grad=True)
+    empty = torch.zeros(1, 1, 8, 8)
+    DiceBalanceLoss()(logits, empty).backward()
+    dice_grad = logits.grad.abs().max().item()
+    logits.grad = None
+    DiceBalanceLoss(lambda_ce=1.0)(logits, empty).backward()
+    assert dice_grad < 1e-6 and logits.grad.abs().max().item() > 1e-3
+
+
 def test_dice_options_pass_through():
     loss = DiceBalanceLoss(squared_pred=True, smooth_nr=0.0)
     assert loss.dice.squared_pred and loss.dice.smooth_nr == 0.0
@@ -39,6 +57,7 @@ def test_dice_options_pass_through():
     [
         ({"lambda_balance": -0.1}, ValueError, "lambda_balance must be >= 0, got -0.1"),
         ({"lambda_balance": "0.01"}, TypeError, "lambda_balance must be a number, got str"),
+        ({"lambda_ce": -1.0}, ValueError, "lambda_ce must be >= 0, got -1.0"),
         ({"load": "hard"}, ValueError, r"load must be one of \['indicator', 'smooth'\], got 'hard'"),
     ],
 )

@@ -143,6 +143,24 @@ def test_version_2_files_read_with_weights_under_model(tmp_path):
     load_trainable(tiny_segmote(), tmp_path / "v2.pt")
 
 
+def test_files_from_before_class_conditioning_load_without_it(tmp_path):
+    from segmote_monai.networks.checkpoint import trainable_payload
+
+    payload = trainable_payload(tiny_segmote())
+    del payload["config"]["num_condition_classes"]
+    torch.save(payload, tmp_path / "old.pt")
+    load_trainable(tiny_segmote(), tmp_path / "old.pt")
+    with pytest.raises(CheckpointMismatchError, match="num_condition_classes=0 in the file, 3 here"):
+        load_trainable(tiny_segmote(num_condition_classes=3), tmp_path / "old.pt")
+
+
+def test_class_conditioned_round_trip(tmp_path):
+    model = _trained(num_condition_classes=3)
+    save_trainable(model, tmp_path / "c.pt")
+    loaded = build_segmote("tiny", trainable_checkpoint=tmp_path / "c.pt", **{**TINY_WIDTHS, "num_condition_classes": 3})
+    torch.testing.assert_close(loaded.ppt.condition.weight, model.ppt.condition.weight)
+
+
 def test_monai_checkpoint_loader_reads_the_file_under_model(tmp_path):
     """The file loads with MONAI's CheckpointLoader as MONAI Label's training adds it (``strict=False``)."""
     from ignite.engine import Engine

@@ -47,3 +47,40 @@ def test_text_carrier_range():
 def test_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         ProgressivePromptTokenizer(embedding_dim=32, **{"num_heads": 4, **kwargs})
+
+
+def test_class_condition_changes_tokens_per_class():
+    ppt = ProgressivePromptTokenizer(embedding_dim=32, num_heads=4, mlp_dim=64, num_condition_classes=3).eval()
+    emb, pe = torch.randn(1, 32, 4, 4).expand(3, -1, -1, -1), torch.randn(1, 32, 4, 4)
+    tokens = ppt(emb, pe, class_ids=torch.tensor([0, 1, 1]))
+    torch.testing.assert_close(tokens[1], tokens[2])
+    assert not torch.allclose(tokens[0], tokens[1])
+    assert not torch.allclose(tokens[1], ppt(emb, pe)[1])
+
+
+@pytest.mark.parametrize(
+    "num_classes,class_ids,message",
+    [
+        (0, [0, 0], r"this PPT has no class conditioning \(num_condition_classes=0\)"),
+        (3, [1, 3], r"class ids must be in \[0, 2\] \(num_condition_classes=3\), got \[1, 3\]"),
+        (3, [1], r"class_ids must be \[2\], got \[1\]"),
+    ],
+)
+def test_bad_class_ids(num_classes, class_ids, message):
+    ppt = ProgressivePromptTokenizer(embedding_dim=32, num_heads=4, num_condition_classes=num_classes)
+    with pytest.raises(ValueError, match=message):
+        ppt(torch.randn(2, 32, 4, 4), torch.randn(1, 32, 4, 4), class_ids=torch.tensor(class_ids))
+
+
+def test_negative_condition_classes_are_refused():
+    with pytest.raises(ValueError, match="num_condition_classes must be >= 0, got -1"):
+        ProgressivePromptTokenizer(embedding_dim=32, num_heads=4, num_condition_classes=-1)
+
+
+def test_positional_values_add_the_positional_encoding_to_the_values_only():
+    plain = ProgressivePromptTokenizer(embedding_dim=32, num_heads=4, mlp_dim=64).eval()
+    positional = ProgressivePromptTokenizer(embedding_dim=32, num_heads=4, mlp_dim=64, positional_values=True).eval()
+    positional.load_state_dict(plain.state_dict())
+    emb, pe = torch.randn(2, 32, 4, 4), torch.randn(1, 32, 4, 4)
+    assert not torch.allclose(positional(emb, pe), plain(emb, pe))
+    torch.testing.assert_close(positional(emb, torch.zeros_like(pe)), plain(emb, torch.zeros_like(pe)))

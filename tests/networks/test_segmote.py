@@ -205,3 +205,29 @@ def test_constructor_types():
 def test_prompt_free_without_ppt_decodes_with_no_prompt_tokens():
     model = tiny_segmote(num_ppt_queries=0).eval()
     assert model(IMAGES).shape == (2, 1, 64, 64)
+
+
+def test_class_ids_condition_prompt_free_and_boxed_rows():
+    """One image, three rows: classes 1 and 2 prompt-free differ; a box with its class differs from the plain box."""
+    model = tiny_segmote(num_condition_classes=3).eval()
+    embeddings = model.embed_images(IMAGES[:1])
+    with torch.no_grad():
+        free = model.predict(image_embeddings=embeddings, image_index=torch.zeros(3, dtype=torch.long),
+                             class_ids=torch.tensor([1, 2, 1])).masks
+        boxed = model.predict(image_embeddings=embeddings, boxes=BOXES[:1]).masks
+        boxed_class = model.predict(image_embeddings=embeddings, boxes=BOXES[:1], class_ids=torch.tensor([1])).masks
+        boxed_ppt = model.predict(image_embeddings=embeddings, boxes=BOXES[:1], use_ppt=True).masks
+    torch.testing.assert_close(free[0], free[2])
+    assert not torch.allclose(free[0], free[1])
+    assert not torch.allclose(boxed, boxed_class) and not torch.allclose(boxed_class, boxed_ppt)
+    assert model.class_conditioned and not tiny_segmote().class_conditioned
+    assert model.config()["num_condition_classes"] == 3
+
+
+def test_class_ids_refusals():
+    with pytest.raises(ValueError, match=r"class_ids need PPT tokens with class conditioning"):
+        tiny_segmote().predict(images=IMAGES, class_ids=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"class_ids must be \[2\], got \[3\]"):
+        tiny_segmote(num_condition_classes=2).predict(images=IMAGES, class_ids=torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match=r"num_condition_classes=2 needs PPT \(num_ppt_queries > 0\)"):
+        tiny_segmote(num_ppt_queries=0, num_condition_classes=2)

@@ -7,6 +7,7 @@ from monai.data import MetaTensor
 
 from segmote_monai.transforms import (
     LabelToPrompts,
+    RandClassTarget,
     RandPrompt,
     ResizeLongestSidePad,
     ScaleIntensityByModality,
@@ -165,6 +166,35 @@ def test_rand_prompt_on_an_empty_slice():
     out = RandPrompt([2]).set_random_state(0)(torch.zeros(1, 8, 10))
     assert out["mask"].sum() == 0 and out["class_id"] == 2
     assert out["box"].tolist() == [0, 0, 9, 7]
+
+
+@pytest.mark.parametrize("share,expected", [(1.0, {1, 3}), (0.0, {2, 4})])
+def test_rand_class_target_draws_present_or_absent_classes(share, expected):
+    target = RandClassTarget([1, 2, 3, 4], present_share=share).set_random_state(0)
+    seen = set()
+    for _ in range(30):
+        out = target(_label())
+        seen.add(int(out["auto_class_id"]))
+        assert out["auto_mask"].shape == (1, 40, 50)
+        assert torch.equal(out["auto_mask"][0] > 0, _label()[0] == out["auto_class_id"])
+    assert seen == expected
+
+
+def test_rand_class_target_falls_back_when_one_kind_is_missing():
+    empty = RandClassTarget([2], present_share=1.0).set_random_state(0)(torch.zeros(1, 8, 10))
+    assert int(empty["auto_class_id"]) == 2 and empty["auto_mask"].sum() == 0
+    full = RandClassTarget([1, 3], present_share=0.0).set_random_state(0)(_label())
+    assert int(full["auto_class_id"]) in (1, 3) and full["auto_mask"].sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"classes": [0]}, "classes must be a non-empty list of label values > 0"),
+     ({"classes": [1], "present_share": 1.5}, r"present_share must be in \[0, 1\], got 1.5")],
+)
+def test_rand_class_target_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RandClassTarget(**kwargs)
 
 
 @pytest.mark.parametrize(

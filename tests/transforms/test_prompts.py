@@ -65,7 +65,7 @@ def test_auto_mode_on_a_binary_model_is_prompt_free():
     "kwargs,data,error,message",
     [
         ({"prompt_mode": "clicks"}, {}, RequestError, "prompt_mode must be one of ['auto', 'box'], got 'clicks'"),
-        ({"prompt_mode": "auto"}, {}, RequestError, "needs a binary model; this one segments 2 classes"),
+        ({"prompt_mode": "auto"}, {}, RequestError, "needs a binary model or one trained with class_prompts; this one segments 2 classes"),
         ({}, {}, RequestError, "needs exactly one of boxes"),
         ({"boxes": BOX}, {"label": "roi"}, RequestError, "got both"),
         ({"boxes": {"boxes": [{"label": "heart", "box": [0, 0, 0, 1, 1, 1]}]}}, {}, InputFileError,
@@ -131,3 +131,8 @@ def test_propagated_box_refusals(entry, image, message):
 def test_per_slice_boxes_only_refuse_a_propagated_box():
     with pytest.raises(InputFileError, match=r"1 box\(es\) ask to propagate"):
         boxes_to_slice_prompts({"boxes": [{"label": 1, "box": [2, 3, 1, 8, 9, 1], "propagate": True}]}, _image(), "b")
+
+
+def test_a_class_conditioned_model_takes_auto_with_several_classes():
+    out = AttachPromptsd(labels=LABELS, prompt_mode="auto", class_conditioned=True)({"image": _image()})
+    assert out["image"].meta[PROMPTS_META_KEY] is None and out["image"].meta[PROPAGATION_META_KEY] == []
