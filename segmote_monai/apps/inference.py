@@ -94,6 +94,8 @@ class BundleInference:
         propagation: the stopping rule of boxes marked ``"propagate"`` (keyword arguments of
             :func:`~segmote_monai.inferers.propagation.propagate`); the sidecar lists the slices each reached.
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
+        auto_presence: ``prompt_mode="auto"`` with a presence head: no mask for a class on a slice where the head
+            finds it absent.
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, each prompt-free on every slice).
@@ -119,6 +121,7 @@ class BundleInference:
         output_format: str = "nifti",
         propagation: dict[str, Any] | None = None,
         class_boxes: bool = False,
+        auto_presence: bool = True,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -134,6 +137,7 @@ class BundleInference:
         self.inferer = PromptedSliceInferer(backbone=backbone, cache=cache, batch_size=slice_batch_size,
                                             overlap=overlap, prompt_free_class=min(self.labels),
                                             auto_classes=sorted(self.labels) if network.class_conditioned else None,
+                                            auto_presence=auto_presence,
                                             class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)

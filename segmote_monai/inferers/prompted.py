@@ -32,6 +32,8 @@ class PromptedSliceInferer(Inferer):
         prompt_free_class: the label value of a prompt-free (PPT) foreground.
         auto_classes: the classes a class-conditioned model segments prompt-free (automatic multi-class
             segmentation); None or empty: one prompt-free foreground, ``prompt_free_class``.
+        auto_presence: with ``auto_classes``, empty a class's mask on the slices where the model's presence head
+            finds it absent (models with a presence head).
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
@@ -43,7 +45,7 @@ class PromptedSliceInferer(Inferer):
 
     def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
                  overlap: str = "smaller", prompt_free_class: int = 1, auto_classes: Sequence[int] | None = None,
-                 class_boxes: bool = False, ppt_beside_boxes: bool = False,
+                 auto_presence: bool = True, class_boxes: bool = False, ppt_beside_boxes: bool = False,
                  propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_options(batch_size=batch_size, overlap=overlap)
@@ -53,6 +55,7 @@ class PromptedSliceInferer(Inferer):
         self.overlap = overlap
         self.prompt_free_class = prompt_free_class
         self.auto_classes = [int(c) for c in auto_classes or []]
+        self.auto_presence = bool(auto_presence)
         self.class_boxes = bool(class_boxes)
         self.ppt_beside_boxes = ppt_beside_boxes
         self.propagation = dict(propagation or {})
@@ -80,7 +83,7 @@ class PromptedSliceInferer(Inferer):
                 raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
             labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, **self.propagation)
         elif prompts is None and self.auto_classes:
-            labels = segmenter(image, None, auto_classes=self.auto_classes)
+            labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence)
         else:
             labels = segmenter(image, prompts, prompt_free_class=self.prompt_free_class,
                                class_boxes=self.class_boxes and prompts is not None,

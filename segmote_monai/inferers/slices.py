@@ -35,6 +35,8 @@ __all__ = ["OVERLAP_RULES", "SlicePrompts", "SliceSegmenter", "check_options", "
 SlicePrompts = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 OVERLAP_RULES = ("smaller", "logit")
+#: the mask logit of a class the presence head finds absent (any negative value is background)
+ABSENT_LOGIT = -100.0
 
 
 def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "smaller") -> torch.Tensor:
@@ -134,8 +136,9 @@ class SliceSegmenter:
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, prompts: SlicePrompts | None = None, *, prompt_free_class: int = 1,
-                 auto_classes: Sequence[int] | None = None, auto_refine: bool = False, class_boxes: bool = False,
-                 class_masks: bool = False, expert_scale: float = 1.0, ppt_beside_boxes: bool = False
+                 auto_classes: Sequence[int] | None = None, auto_refine: bool = False, auto_presence: bool = True,
+                 class_boxes: bool = False, class_masks: bool = False, expert_scale: float = 1.0,
+                 ppt_beside_boxes: bool = False
                  ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Label map [1, ...] on ``image``'s grid: uint8 (int32 for label values past 255), so that a
         512 x 512 x 300 map takes 79 MB, not 630.
@@ -149,6 +152,8 @@ class SliceSegmenter:
             auto_refine: with ``auto_classes``, decode each non-empty prompt-free mask once more with its tight box
                 (and its class when ``class_boxes``) on the same encoder output: the box path's precision where the
                 prompt-free path found the organ.
+            auto_presence: with ``auto_classes`` and a model with a presence head, a class whose presence logit on a
+                slice is below 0 gets no mask there (:class:`~segmote_monai.networks.PresenceHead`).
             class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
             class_masks: also return, per class, the bool mask [1, ...] its own prompts gave before the label
                 map's overlap rule (the paper scores each class on its own mask); for evaluation (one byte per
@@ -158,8 +163,8 @@ class SliceSegmenter:
         """
         self.model.eval()
         if prompts is None and auto_classes is not None:
-            return self._auto(image, [int(c) for c in auto_classes], refine=auto_refine, class_boxes=class_boxes,
-                              class_masks=class_masks, expert_scale=expert_scale)
+            return self._auto(image, [int(c) for c in auto_classes], refine=auto_refine, presence=auto_presence,
+                              class_boxes=class_boxes, class_masks=class_masks, expert_scale=expert_scale)
         scale = {} if expert_scale == 1.0 else {"expert_scale": expert_scale}
         beside = {"use_ppt": True} if ppt_beside_boxes else {}
         slices = volume_to_slices(torch.as_tensor(image))
@@ -219,8 +224,8 @@ class SliceSegmenter:
         out[rows] = boxed
         return out
 
-    def _auto(self, image: torch.Tensor, classes: list[int], *, refine: bool, class_boxes: bool, class_masks: bool,
-              expert_scale: float) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def _auto(self, image: torch.Tensor, classes: list[int], *, refine: bool, presence: bool, class_boxes: bool,
+              class_masks: bool, expert_scale: float) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Automatic multi-class segmentation: one class-conditioned prompt-free row per class and slice."""
         if not classes:
             raise ValueError("auto_classes must name at least one class")
@@ -235,8 +240,10 @@ class SliceSegmenter:
             device = embeddings.device
             index = torch.arange(len(batch), device=device).repeat_interleave(k)
             class_ids = torch.tensor(classes, device=device).repeat(len(batch))
-            masks = self.model.predict(image_embeddings=embeddings, image_index=index, class_ids=class_ids,
-                                       **scale).masks
+            out = self.model.predict(image_embeddings=embeddings, image_index=index, class_ids=class_ids, **scale)
+            masks = out.masks
+            if presence and out.presence_logits is not None:
+                masks = masks.masked_fill(out.presence_logits.view(-1, 1, 1, 1) < 0, ABSENT_LOGIT)
             if refine:
                 masks = self._refine(embeddings, masks, index, class_ids, class_boxes, scale)
             logits = self._unresize(masks.cpu(), hw)[:, 0].reshape(len(batch), k, *hw)

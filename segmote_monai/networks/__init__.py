@@ -3,6 +3,7 @@ from segmote_monai.networks.checkpoint import load_trainable, read_trainable, sa
 from segmote_monai.networks.decoder import DecoderOutput, MoTEMaskDecoder
 from segmote_monai.networks.mote import ExpertFFNs, NoisyTopKRouter, RoutingOutput, TokenMoE, top_k_gates
 from segmote_monai.networks.ppt import ProgressivePromptTokenizer
+from segmote_monai.networks.presence import PresenceHead
 from segmote_monai.networks.segmote import PromptedForward, SegMoTE, SegMoTEOutput, build_from_checkpoint, build_segmote
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "ExpertFFNs",
     "MoTEMaskDecoder",
     "NoisyTopKRouter",
+    "PresenceHead",
     "ProgressivePromptTokenizer",
     "PromptedForward",
     "RoutingOutput",

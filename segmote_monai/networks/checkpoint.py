@@ -34,7 +34,7 @@ _READ_VERSIONS = (1, 2, VERSION)
 V1_CONFIG = {"expert_attention": "shared", "mask_head": "routed", "experts_write_image": False,
              "trainable_reader": False, "ppt_beside_prompts": False}
 #: Options added after a file version was fixed, with the value that reproduces files written before them.
-LATER_OPTIONS = {"num_condition_classes": 0, "ppt_positional_values": False}
+LATER_OPTIONS = {"num_condition_classes": 0, "ppt_positional_values": False, "presence_head": False}
 _FROZEN_PREFIXES = ("image_encoder.", "prompt_encoder.")
 _SAM_DECODER_PREFIX = "decoder.mask_decoder."
 

@@ -50,6 +50,7 @@ class DecoderOutput:
     iou_predictions: torch.Tensor  # [N, 1] SAM's IoU head on SAM's IoU token
     routing: list[RoutingOutput] = field(default_factory=list)  # one per two-way block; empty, experts off
     expert_tokens: torch.Tensor | None = None  # [N, T, D] the expert tokens after the final attention
+    routed_token: torch.Tensor | None = None  # [N, D] their G-weighted sum, what the mask head reads
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -256,6 +257,7 @@ class MoTEMaskDecoder(nn.Module):
         sam_weights = None
         if expert_out is None or self.mask_head == "residual":
             sam_weights = sam.output_hypernetworks_mlps[0](queries[:, self.sam_mask_token_index])
+        routed = None
         if expert_out is None:
             hyper_in = sam_weights
         else:
@@ -268,4 +270,5 @@ class MoTEMaskDecoder(nn.Module):
         b, c, h, w = upscaled.shape
         masks = (hyper_in.unsqueeze(1) @ upscaled.view(b, c, h * w)).view(b, 1, h, w)
         iou = sam.iou_prediction_head(queries[:, self.iou_token_index])[:, :1]
-        return DecoderOutput(low_res_masks=masks, iou_predictions=iou, routing=routing or [], expert_tokens=expert_out)
+        return DecoderOutput(low_res_masks=masks, iou_predictions=iou, routing=routing or [], expert_tokens=expert_out,
+                             routed_token=routed)

@@ -16,6 +16,7 @@ from segmote_monai.networks.backbones import build_backbone
 from segmote_monai.networks.decoder import MoTEMaskDecoder
 from segmote_monai.networks.mote import RoutingOutput
 from segmote_monai.networks.ppt import ProgressivePromptTokenizer
+from segmote_monai.networks.presence import PresenceHead
 from segmote_monai.options import as_bool
 
 __all__ = ["PromptedForward", "SegMoTE", "SegMoTEOutput", "build_from_checkpoint", "build_segmote"]
@@ -30,6 +31,7 @@ class SegMoTEOutput:
     iou_predictions: torch.Tensor  # [N, 1]
     routing: list[RoutingOutput] = field(default_factory=list)  # per two-way block
     expert_tokens: torch.Tensor | None = None  # [N, T, D] after the decoder's final attention; None, experts off
+    presence_logits: torch.Tensor | None = None  # [N, 1] float32, is the row's object on the image; None, no head
 
     @classmethod
     def cat(cls, outputs: Sequence[SegMoTEOutput]) -> SegMoTEOutput:
@@ -50,7 +52,8 @@ class SegMoTEOutput:
         ]
         return cls(masks=cat([o.masks for o in outputs]), low_res_masks=cat([o.low_res_masks for o in outputs]),
                    iou_predictions=cat([o.iou_predictions for o in outputs]), routing=routing,
-                   expert_tokens=cat([o.expert_tokens for o in outputs]))
+                   expert_tokens=cat([o.expert_tokens for o in outputs]),
+                   presence_logits=cat([o.presence_logits for o in outputs]))
 
 
 class SegMoTE(nn.Module):
@@ -70,6 +73,7 @@ class SegMoTE(nn.Module):
         prompt_encoder: PromptEncoder,
         decoder: MoTEMaskDecoder,
         ppt: ProgressivePromptTokenizer | None = None,
+        presence: PresenceHead | None = None,
         backbone_name: str,
         backbone_sha256: str,
         train_decoder: bool = False,
@@ -80,10 +84,15 @@ class SegMoTE(nn.Module):
             raise TypeError(f"decoder must be a MoTEMaskDecoder, got {type(decoder).__name__}")
         if ppt is not None and not isinstance(ppt, ProgressivePromptTokenizer):
             raise TypeError(f"ppt must be a ProgressivePromptTokenizer or None, got {type(ppt).__name__}")
+        if presence is not None and not isinstance(presence, PresenceHead):
+            raise TypeError(f"presence must be a PresenceHead or None, got {type(presence).__name__}")
+        if presence is not None and not decoder.num_expert_tokens:
+            raise ValueError("a presence head reads the routed expert token: it needs num_expert_tokens > 0")
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.decoder = decoder
         self.ppt = ppt
+        self.presence = presence
         self.backbone_name = backbone_name
         self.backbone_sha256 = backbone_sha256
         self.train_decoder = bool(train_decoder)
@@ -140,6 +149,7 @@ class SegMoTE(nn.Module):
             "ppt_positional_values": ppt.positional_values if ppt is not None else False,
             "train_decoder": self.train_decoder,
             "ppt_beside_prompts": self.ppt_beside_prompts,
+            "presence_head": self.presence is not None,
         }
 
     @torch.no_grad()
@@ -254,9 +264,12 @@ class SegMoTE(nn.Module):
         masks = out.low_res_masks
         if tuple(masks.shape[-2:]) != (self.img_size, self.img_size):
             masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        presence = None
+        if self.presence is not None and out.routed_token is not None:
+            presence = self.presence(out.routed_token)
         return SegMoTEOutput(
             masks=masks, low_res_masks=out.low_res_masks, iou_predictions=out.iou_predictions, routing=out.routing,
-            expert_tokens=out.expert_tokens,
+            expert_tokens=out.expert_tokens, presence_logits=presence,
         )
 
     @staticmethod
@@ -365,6 +378,7 @@ def build_segmote(
     ppt_positional_values: bool = False,
     train_decoder: bool = False,
     ppt_beside_prompts: bool = False,
+    presence_head: bool = False,
     trainable_checkpoint: str | Path | None = None,
 ) -> SegMoTE:
     """Builds SegMoTE on the named frozen backbone, with the SPEC's default widths.
@@ -372,7 +386,8 @@ def build_segmote(
     ``num_expert_tokens=0`` gives the frozen backbone's own output (the zero-shot baseline); the decoder's
     options are described in :mod:`segmote_monai.networks.decoder` and :mod:`segmote_monai.networks.mote`;
     ``num_ppt_queries=0`` leaves PPT out; ``num_condition_classes > 0`` conditions PPT on a class (class ids
-    ``0 .. num_condition_classes - 1``; see :class:`~segmote_monai.networks.ppt.ProgressivePromptTokenizer`).
+    ``0 .. num_condition_classes - 1``; see :class:`~segmote_monai.networks.ppt.ProgressivePromptTokenizer`);
+    ``presence_head`` adds :class:`~segmote_monai.networks.presence.PresenceHead` ("is the class on this slice").
     ``trainable_checkpoint`` loads a file written by :func:`segmote_monai.networks.checkpoint.save_trainable` and
     checks that it fits.
     """
@@ -397,9 +412,10 @@ def build_segmote(
         )
     elif num_condition_classes:
         raise ValueError(f"num_condition_classes={num_condition_classes} needs PPT (num_ppt_queries > 0)")
+    presence = PresenceHead(embedding_dim=dim) if as_bool(presence_head, "presence_head") else None
     model = SegMoTE(
         image_encoder=parts.image_encoder, prompt_encoder=parts.prompt_encoder, decoder=decoder, ppt=ppt,
-        backbone_name=parts.name, backbone_sha256=parts.weights_sha256, train_decoder=train_decoder,
+        presence=presence, backbone_name=parts.name, backbone_sha256=parts.weights_sha256, train_decoder=train_decoder,
         ppt_beside_prompts=as_bool(ppt_beside_prompts, "ppt_beside_prompts"),
     )
     if trainable_checkpoint is not None:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from segmote_monai.data import load_image
 from segmote_monai.data.dicom_seg import label_map_frames, read_series_headers
+from segmote_monai.networks import read_trainable
 from tests.bundle.conftest import CONFIGS, REPO, TINY_OVERRIDES, bundle_cli
 from tests.conftest import shared_data
 from tests.data.dicom_series import seg_frames_by_instance, stacked_by_instance, write_series
@@ -68,17 +69,19 @@ def test_2d_image_gives_a_2d_label_image(checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def class_prompt_checkpoint(tiny_dataset, tmp_path_factory):
-    """The real train.json with class_prompts on the tiny two-class dataset (with empty slices and cross-entropy)."""
+    """The real train.json with class_prompts on the tiny two-class dataset (with empty slices, cross-entropy and
+    the presence head)."""
     out = tmp_path_factory.mktemp("class_prompts")
     run = bundle_cli("run", "training", "--config_file", CONFIGS / "train.json", "--dataset_dir", tiny_dataset,
                      "--datalist", tiny_dataset / "datalist.json", "--output_dir", out, "--model_path",
                      out / "model.pt", *TINY_OVERRIDES, "--class_prompts", "True", "--empty_share", "0.3",
-                     "--lambda_ce", "1.0")
+                     "--lambda_ce", "1.0", "--presence_head", "True")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out / "models" / "segmote_latest.pt"
 
 
 def test_automatic_multi_class_and_class_aware_boxes(class_prompt_checkpoint, tiny_dataset, tmp_path):
+    assert read_trainable(class_prompt_checkpoint)["config"]["presence_head"]
     image = tiny_dataset / "images" / "case3.nii.gz"
     auto = infer(class_prompt_checkpoint, "--input", image, "--prompt_mode", "auto", "--output_dir", tmp_path / "auto")
     assert auto.returncode == 0, auto.stdout[-3000:] + auto.stderr[-3000:]

@@ -26,11 +26,11 @@ class BoxPainter(torch.nn.Module):
 
     def predict(self, *, image_embeddings, boxes=None, image_index=None):
         if boxes is None:
-            return SimpleNamespace(masks=torch.where(image_embeddings > 0.5, 1.0, -1.0))
+            return SimpleNamespace(presence_logits=None, masks=torch.where(image_embeddings > 0.5, 1.0, -1.0))
         masks = -torch.ones(len(boxes), 1, 64, 64)
         for row, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
             masks[row, 0, y0:y1 + 1, x0:x1 + 1] = 1.0 + row
-        return SimpleNamespace(masks=masks)
+        return SimpleNamespace(presence_logits=None, masks=masks)
 
 
 def _label_volume():
@@ -81,7 +81,7 @@ class ClassPainter(BoxPainter):
         for row, c in enumerate(class_ids.tolist()):
             if c != 9:
                 masks[row, 0, 4 * c: 4 * c + 4] = 1.0
-        return SimpleNamespace(masks=masks)
+        return SimpleNamespace(presence_logits=None, masks=masks)
 
 
 def test_automatic_multi_class_asks_for_every_class_on_every_slice():
@@ -107,7 +107,7 @@ class PieceClassPainter(ClassPainter):
             if c != 9:
                 masks[row, 0, 4 * c: 4 * c + 2, 0:10] = 1.0
                 masks[row, 0, 4 * c + 2: 4 * c + 4, 20:30] = 1.0
-        return SimpleNamespace(masks=masks)
+        return SimpleNamespace(presence_logits=None, masks=masks)
 
 
 @pytest.mark.parametrize("refine", [False, True])
@@ -120,6 +120,26 @@ def test_auto_refine_decodes_what_was_found_again_with_its_tight_box(refine):
     else:
         expected[0, 4:6, 0:10], expected[0, 6:8, 20:30] = 1, 1
     assert torch.equal(pred, expected)
+
+
+class AbsentOnSecondSlice(PieceClassPainter):
+    """PieceClassPainter with a presence head that finds class 2 absent from the second image of a batch."""
+
+    def predict(self, *, image_embeddings, image_index=None, class_ids=None, boxes=None):
+        out = super().predict(image_embeddings=image_embeddings, image_index=image_index, class_ids=class_ids,
+                              boxes=boxes)
+        if class_ids is not None and boxes is None:
+            absent = (class_ids == 2) & (image_index == 1)
+            out.presence_logits = torch.where(absent, -1.0, 1.0).unsqueeze(1)
+        return out
+
+
+@pytest.mark.parametrize("presence", [True, False])
+def test_auto_presence_empties_a_class_the_head_finds_absent(presence):
+    pred = SliceSegmenter(AbsentOnSecondSlice(), backbone="tiny", batch_size=2)(
+        torch.rand(1, 64, 64, 2), None, auto_classes=[1, 2], auto_presence=presence)
+    assert bool((pred[..., 0] == 2).any()) and bool((pred[..., 1] == 1).any())
+    assert bool((pred[..., 1] == 2).any()) == (not presence)
 
 
 def test_real_network_and_cache(tmp_path):

@@ -58,6 +58,7 @@ def test_dice_options_pass_through():
         ({"lambda_balance": -0.1}, ValueError, "lambda_balance must be >= 0, got -0.1"),
         ({"lambda_balance": "0.01"}, TypeError, "lambda_balance must be a number, got str"),
         ({"lambda_ce": -1.0}, ValueError, "lambda_ce must be >= 0, got -1.0"),
+        ({"lambda_presence": -1.0}, ValueError, "lambda_presence must be >= 0, got -1.0"),
         ({"load": "hard"}, ValueError, r"load must be one of \['indicator', 'smooth'\], got 'hard'"),
     ],
 )
@@ -72,3 +73,15 @@ def test_bad_calls():
         DiceBalanceLoss()(out, torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match="routing is taken from the SegMoTEOutput"):
         DiceBalanceLoss()(out, torch.zeros(2, 1, 64, 64), out.routing)
+
+
+def test_presence_term_is_the_cross_entropy_of_each_row_having_foreground():
+    model = tiny_segmote(num_condition_classes=3, presence_head=True).train()
+    out = model.predict(images=torch.rand(2, 3, 64, 64), image_index=torch.tensor([0, 1]), class_ids=torch.tensor([1, 2]))
+    labels = torch.zeros(2, 1, 64, 64)
+    labels[0, 0, 3:9, 3:9] = 1
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out.presence_logits, torch.tensor([[1.0], [0.0]]))
+    without = DiceBalanceLoss(lambda_presence=0.0)(out, labels)
+    torch.testing.assert_close(DiceBalanceLoss(lambda_presence=0.5)(out, labels), without + 0.5 * bce)
+    # an untrained head says "present" everywhere: the empty row costs, the other barely
+    assert bce.item() > 1.0

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from segmote_monai.errors import CheckpointMismatchError, InputFileError
-from segmote_monai.networks import build_segmote, load_trainable, save_trainable, trainable_state_dict
+from segmote_monai.networks import (
+    build_from_checkpoint,
+    build_segmote,
+    load_trainable,
+    save_trainable,
+    trainable_state_dict,
+)
 from tests.conftest import TINY_WIDTHS, tiny_segmote
 
 IMAGES = torch.rand(2, 3, 64, 64)
@@ -143,15 +149,25 @@ def test_version_2_files_read_with_weights_under_model(tmp_path):
     load_trainable(tiny_segmote(), tmp_path / "v2.pt")
 
 
-def test_files_from_before_class_conditioning_load_without_it(tmp_path):
+@pytest.mark.parametrize("option, value", [("num_condition_classes", 3), ("presence_head", True)])
+def test_files_from_before_an_option_load_without_it(tmp_path, option, value):
     from segmote_monai.networks.checkpoint import trainable_payload
 
     payload = trainable_payload(tiny_segmote())
-    del payload["config"]["num_condition_classes"]
+    del payload["config"][option]
     torch.save(payload, tmp_path / "old.pt")
     load_trainable(tiny_segmote(), tmp_path / "old.pt")
-    with pytest.raises(CheckpointMismatchError, match="num_condition_classes=0 in the file, 3 here"):
-        load_trainable(tiny_segmote(num_condition_classes=3), tmp_path / "old.pt")
+    default = {"num_condition_classes": 0, "presence_head": False}[option]
+    with pytest.raises(CheckpointMismatchError, match=f"{option}={default} in the file, {value} here"):
+        load_trainable(tiny_segmote(**{option: value}), tmp_path / "old.pt")
+
+
+def test_presence_head_round_trip(tmp_path):
+    model = _trained(num_condition_classes=3, presence_head=True)
+    save_trainable(model, tmp_path / "p.pt")
+    loaded = build_from_checkpoint(tmp_path / "p.pt", backbone="tiny")
+    torch.testing.assert_close(loaded.presence.mlp[0].weight, model.presence.mlp[0].weight)
+    assert loaded.config()["presence_head"]
 
 
 def test_class_conditioned_round_trip(tmp_path):

@@ -93,8 +93,9 @@ def _train_step(model, optimiser):
     return loss
 
 
-def test_every_trainable_parameter_gets_a_gradient_and_no_frozen_one_does():
-    model = tiny_segmote(top_k=4)  # k = E: every expert is on every token's path
+@pytest.mark.parametrize("presence_head", [False, True])
+def test_every_trainable_parameter_gets_a_gradient_and_no_frozen_one_does(presence_head):
+    model = tiny_segmote(top_k=4, presence_head=presence_head)  # k = E: every expert is on every token's path
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(trainable, lr=1e-3)
     # The correction's last layer starts at zero (step 1 reaches it alone), then the experts' output layers
