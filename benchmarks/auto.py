@@ -78,26 +78,27 @@ def main(argv: list[str] | None = None) -> str:
                 data = load({"image": str(Path(args.data_dir) / "images" / file),
                              "label": str(Path(args.data_dir) / "labels" / file)})
                 image, label = data["image"], data["label"]
+                # (row name, prompts or None for automatic, the segmenter's options for that row)
                 runs = []
                 if model.class_conditioned:
-                    runs.append(("automatic (no prompt)", None, True))
+                    auto = {"auto_classes": list(ORGANS)}
+                    runs.append(("automatic (no prompt)", None, auto))
                     if model.presence is not None:
-                        runs.append(("automatic (no prompt), presence head off", None, False))
+                        runs.append(("automatic (no prompt), presence head off", None,
+                                     {**auto, "auto_presence": False}))
                 for jitter in (0.0, args.jitter):
                     kind = "tight box" if jitter == 0 else f"±{jitter:.0%} box"
                     prompts = prompts_from_label(label, list(ORGANS), jitter=jitter, seed=0)
-                    runs.append((f"{kind} on every slice", prompts, False))
+                    runs.append((f"{kind} on every slice", prompts, {}))
                     if model.class_conditioned:
-                        runs.append((f"{kind} on every slice + class", prompts, True))
-                for kind, prompts, with_class in runs:
+                        runs.append((f"{kind} on every slice + class", prompts, {"class_boxes": True}))
+                for kind, prompts, options in runs:
                     start = time.perf_counter()
+                    pred = segmenter(image, prompts, **options)
                     if prompts is None:
-                        pred = segmenter(image, None, auto_classes=list(ORGANS), auto_presence=with_class)
                         counts = [slice_errors(pred, label, c) for c in ORGANS]
                         errors.append(f"| {name} | {case} | {kind} | " + " | ".join(
                             f"{fp}/{absent} FP, {fn}/{present} missed" for fp, absent, fn, present in counts) + " |")
-                    else:
-                        pred = segmenter(image, prompts, class_boxes=with_class)
                     scores = [dice(pred, label, c) for c in ORGANS]
                     means.setdefault((name, kind), []).append(float(np.mean(scores)))
                     rows.append(f"| {name} | {case} | {kind} | " + " | ".join(f"{d:.3f}" for d in scores)

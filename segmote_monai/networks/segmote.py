@@ -264,9 +264,8 @@ class SegMoTE(nn.Module):
         masks = out.low_res_masks
         if tuple(masks.shape[-2:]) != (self.img_size, self.img_size):
             masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        presence = None
-        if self.presence is not None and out.routed_token is not None:
-            presence = self.presence(out.routed_token)
+        # a presence head is only built beside expert tokens, so the decoder has a routed token for it
+        presence = self.presence(out.routed_token) if self.presence is not None else None
         return SegMoTEOutput(
             masks=masks, low_res_masks=out.low_res_masks, iou_predictions=out.iou_predictions, routing=out.routing,
             expert_tokens=out.expert_tokens, presence_logits=presence,
