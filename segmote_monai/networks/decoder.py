@@ -228,11 +228,11 @@ class MoTEMaskDecoder(nn.Module):
                 routing.append(block_routing)
         if self.image_update is not None:
             keys = keys + expert_scale * self.image_update(keys, key_pe[:1], expert_q, experts)
-        final = transformer.final_attn_token_to_image
-        sam_q = transformer.norm_final_attn(sam_q + final(q=sam_q + sam_tokens, k=keys + key_pe, v=keys))
+        final, keys_with_pe = transformer.final_attn_token_to_image, keys + key_pe
+        sam_q = transformer.norm_final_attn(sam_q + final(q=sam_q + sam_tokens, k=keys_with_pe, v=keys))
         reader = self.final_reader if self.final_reader is not None else final
         expert_q = transformer.norm_final_attn(
-            expert_q + sam_few_query_attention(reader, expert_q + experts, keys, keys, key_pe=key_pe[:1]))
+            expert_q + sam_few_query_attention(reader, expert_q + experts, keys_with_pe, keys))
         return sam_q, routing, expert_q, keys
 
     def _shared(self, sam_tokens, experts, keys, key_pe):
