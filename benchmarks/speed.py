@@ -29,22 +29,16 @@ SHIPPED = REPO / "bundle/models/model.pt"
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(paired_times({"fn": fn}, repeats, warmup)["fn"])
 
 
 def paired_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds of each call over ``repeats`` rounds in which every function runs once, in turn.
 
     Timing one function ``repeats`` times and then the next lets this shared 2-core machine's drift (another
-    process, the clock) fall on one side of a difference: the same code measured 16% to 32% over SAM's decoder
-    from one run to the next. Within a round the calls are milliseconds apart, so a per-round ratio cancels it.
+    process, the clock) fall on one side of a difference; within a round the calls are milliseconds apart, so a
+    per-round ratio is exposed to less of it. Rounds of the same call still spread by about +-3 points (the
+    quartiles in BENCHMARKS.md).
     """
     for fn in fns.values():
         for _ in range(warmup):
