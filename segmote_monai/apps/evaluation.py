@@ -76,8 +76,13 @@ class BundleEvaluation:
         jitters: box settings (0 = tight).
         baselines: name -> model evaluated on the same data and boxes; ``None`` is ``{"zero_shot":
             zero_shot_like(network)}``, ``{}`` none.
+        prompt_free: also score the network with no prompt: PPT on a binary task, or, for a model trained with
+            class-conditioned PPT (``class_prompts``), every class asked for on every slice (automatic
+            multi-class segmentation). ``None``: whenever the network can.
         overlap: the label map's rule where two classes' masks overlap
             (:func:`~segmote_monai.inferers.merge_masks`).
+        class_boxes: give the network each box's class (class-aware prompts; a class-conditioned model only).
+            Baselines get the boxes alone.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class BundleEvaluation:
         baselines: Mapping[str, SegMoTE] | None = None,
         prompt_free: bool | None = None,
         overlap: str = "smaller",
+        class_boxes: bool = False,
     ) -> None:
         self.network = network
         self.datalist = datalist
@@ -112,19 +118,28 @@ class BundleEvaluation:
             raise ValueError(f"'segmote' names the evaluated network; baselines need other names, got "
                              f"{list(baselines)}")
         self.baselines = dict(baselines) if baselines is not None else {"zero_shot": zero_shot_like(network)}
-        binary = datalist.task == "binary"
-        if prompt_free and not (binary and network.ppt is not None):
-            raise ValueError(f"prompt-free evaluation needs a binary task and PPT; task is {datalist.task!r}, "
-                             f"PPT {'on' if network.ppt is not None else 'off'}")
-        self.prompt_free = binary and network.ppt is not None if prompt_free is None else prompt_free
+        if class_boxes and not network.class_conditioned:
+            raise ValueError("class_boxes needs a model trained with class-conditioned PPT (class_prompts); this one "
+                             "has none")
+        self.class_boxes = bool(class_boxes)
+        # a class-conditioned model segments a multi-class datalist with no prompt by asking for each class
+        self.auto = datalist.task != "binary" and network.class_conditioned
+        can = (datalist.task == "binary" and network.ppt is not None) or self.auto
+        if prompt_free and not can:
+            raise ValueError(f"prompt-free evaluation needs PPT on a binary task or class-conditioned PPT; task is "
+                             f"{datalist.task!r}, PPT {'on' if network.ppt is not None else 'off'}, class conditioning "
+                             f"{'on' if network.class_conditioned else 'off'}")
+        self.prompt_free = can if prompt_free is None else bool(prompt_free)
 
     def _scores(self, model: SegMoTE, case: dict, prompts: Any) -> list[tuple[str, int, float]]:
         """(scoring, class, Dice) for every class present in the case's label."""
         segmenter = SliceSegmenter(model, backbone=self.backbone, cache=self.cache, batch_size=self.slice_batch_size,
                                    overlap=self.overlap)
         beside = prompts is not None and self.datalist.task == "binary" and getattr(model, "ppt_beside_prompts", False)
+        own_model = model is self.network
         labels, own = segmenter(case["image"], prompts, prompt_free_class=self.datalist.classes[0], class_masks=True,
-                                ppt_beside_boxes=beside)
+                                ppt_beside_boxes=beside, class_boxes=own_model and self.class_boxes,
+                                auto_classes=self.datalist.classes if own_model and self.auto else None)
         out = [("label_map", c, d) for c, d in dice_per_class(labels, case["label"], self.datalist.classes).items()]
         for c in self.datalist.classes:
             truth = case["label"] == c

@@ -109,14 +109,15 @@ class ProgressivePromptTokenizer(nn.Module):
             )
         return self.class_embedding(class_ids.long())
 
-    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """``self.attention(queries, keys, values)`` computed for Q queries without projecting the h x w image
-        tokens (see :func:`~segmote_monai.networks.two_way.few_query_attention`)."""
+    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_pe: torch.Tensor | None = None) -> torch.Tensor:
+        """``self.attention(queries, keys + key_pe, values)`` computed for Q queries without projecting the h x w
+        image tokens (see :func:`~segmote_monai.networks.two_way.few_query_attention`)."""
         weight, bias, d = self.attention.in_proj_weight, self.attention.in_proj_bias, queries.shape[-1]
         return few_query_attention(
             queries, keys, values, q_proj=(weight[:d], bias[:d]), k_weight=weight[d: 2 * d],
             v_proj=(weight[2 * d:], bias[2 * d:]), out_proj=self.attention.out_proj,
-            num_heads=self.attention.num_heads,
+            num_heads=self.attention.num_heads, key_pe=key_pe,
         )
 
     def forward(
@@ -136,7 +137,7 @@ class ProgressivePromptTokenizer(nn.Module):
         """
         n = image_embeddings.shape[0]
         image_tokens = self.norm_image(image_embeddings.flatten(2).transpose(1, 2))
-        keys = image_tokens + image_pe.flatten(2).transpose(1, 2)
+        pe = image_pe.flatten(2).transpose(1, 2)
         queries = self.queries.weight.unsqueeze(0).expand(n, -1, -1)
         if carriers is not None:
             queries = queries + carriers.unsqueeze(1).to(queries.dtype)
@@ -144,6 +145,10 @@ class ProgressivePromptTokenizer(nn.Module):
             if tuple(class_ids.shape) != (n,):
                 raise ValueError(f"class_ids must be [{n}], got {list(class_ids.shape)}")
             queries = queries + self.class_condition(class_ids).unsqueeze(1).to(queries.dtype)
-        attended = self._attend(queries, keys, keys if self.positional_values else image_tokens)
+        if self.positional_values:
+            keys = image_tokens + pe
+            attended = self._attend(queries, keys, keys)
+        else:  # the keys' positional term is scored on the query side, so LN(F) + PE is never materialised
+            attended = self._attend(queries, image_tokens, image_tokens, key_pe=pe)
         hidden = queries + attended
         return hidden + self.mlp(self.norm_tokens(hidden))

@@ -256,7 +256,9 @@ class SegMoTE(nn.Module):
         if use_ppt:
             # a class-conditioned row already names its class: the carrier, which training anneals away, is not added
             carriers = self._carriers(n, carrier_masks, carrier_class_ids) if class_ids is None else None
-            ppt_tokens = self.ppt(embeddings[image_index], image_pe, carriers, class_ids)
+            # one row per image in order (the usual prompt-free call) needs no gathered copy of the embeddings
+            in_order = n == b and torch.equal(image_index, torch.arange(b, device=image_index.device))
+            ppt_tokens = self.ppt(embeddings if in_order else embeddings[image_index], image_pe, carriers, class_ids)
         out = self.decoder(
             image_embeddings=embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, image_index=image_index, ppt_tokens=ppt_tokens, expert_scale=expert_scale,

@@ -117,3 +117,84 @@ def test_label_map_and_own_mask_scores_of_one_class(binary_datalist, tmp_path):
         mean = next(r for r in summary["results"] if r["setting"] == setting and r["model"] == "segmote"
                     and r["class"] == "mean over classes" and r["scoring"] == "own_mask")
         assert mean["mean_dice"] == pytest.approx(np.mean(own)) and mean["ci95"][0] <= mean["mean_dice"] <= mean["ci95"][1]
+
+
+@pytest.fixture
+def two_class_datalist(tmp_path):
+    """Two images, each with a ring (class 1) around a disc (class 2): the myocardium-and-ventricle layout."""
+    rng = np.random.default_rng(1)
+    items = []
+    for n in range(2):
+        mask = np.zeros((48, 48), np.uint8)
+        mask[6 + n: 40, 8: 42 - n] = 1
+        mask[14: 32 - n, 16 + n: 34] = 2
+        Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(tmp_path / f"img{n}.png")
+        Image.fromarray(mask).save(tmp_path / f"img{n}_mask.png")
+        items.append({"image": f"img{n}.png", "label": f"img{n}_mask.png", "patient": f"p{n}"})
+    (tmp_path / "datalist.json").write_text(json.dumps({
+        "modality": "MR", "task": "multi-class", "labels": {"0": "background", "1": "ring", "2": "disc"},
+        "test": items}))
+    return load_datalist(tmp_path / "datalist.json")
+
+
+def _spy(model):
+    """Records the ``class_ids`` (None for none) and whether boxes were given, per ``predict`` call."""
+    calls, predict = [], model.predict
+
+    def record(**kwargs):
+        class_ids = kwargs.get("class_ids")
+        calls.append((kwargs.get("boxes") is not None, None if class_ids is None else sorted(set(class_ids.tolist()))))
+        return predict(**kwargs)
+
+    model.predict = record
+    return calls
+
+
+def _class_evaluation(datalist, out, network, **kwargs):
+    load = LoadPaird(**datalist.label_encoding())
+    scale = ScaleIntensityByModalityd(keys="image")
+    return BundleEvaluation(network=network, datalist=datalist, load=lambda item: scale(load(item)), backbone="tiny",
+                            output_dir=out, jitters=(0.0,), **kwargs)
+
+
+@pytest.mark.parametrize("class_boxes", [False, True])
+def test_class_boxes_give_the_network_each_boxs_class_and_the_baseline_none(two_class_datalist, tmp_path,
+                                                                            class_boxes):
+    network = tiny_segmote(num_ppt_queries=2, num_condition_classes=3)
+    baseline = zero_shot_like(network)
+    ours, theirs = _spy(network), _spy(baseline)
+    summary = _class_evaluation(two_class_datalist, tmp_path / "out", network, baselines={"zero_shot": baseline},
+                                class_boxes=class_boxes, prompt_free=False).run()
+    assert [c for boxed, c in ours if boxed] == ([[1, 2]] * 2 if class_boxes else [None] * 2)
+    assert [c for _, c in theirs] == [None] * 2
+    assert {r["setting"] for r in summary["per_case"]} == {"box_tight"}
+
+
+def test_a_class_conditioned_model_is_scored_with_no_prompt_by_asking_for_every_class(two_class_datalist, tmp_path):
+    from segmote_monai.inferers.slices import SliceSegmenter
+    from segmote_monai.metrics import dice_per_class
+
+    network = tiny_segmote(num_ppt_queries=2, num_condition_classes=3)
+    calls = _spy(network)
+    evaluation = _class_evaluation(two_class_datalist, tmp_path / "out", network, baselines={})
+    summary = evaluation.run()
+    assert [c for boxed, c in calls if not boxed] == [[1, 2]] * 2
+    ours = {(r["case"], r["class"]): r["dice"] for r in summary["per_case"]
+            if r["setting"] == "prompt_free" and r["scoring"] == "label_map"}
+    segmenter = SliceSegmenter(network, backbone="tiny")
+    expected = {}
+    for item in two_class_datalist.items("test"):
+        case = evaluation.load(item)
+        labels = segmenter(case["image"], None, auto_classes=[1, 2])
+        for c, d in dice_per_class(labels, case["label"], [1, 2]).items():
+            expected[(item["patient"], two_class_datalist.labels[c])] = d
+    assert ours == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"class_boxes": True}, "class_boxes needs a model trained with class-conditioned PPT"),
+    ({"prompt_free": True}, "prompt-free evaluation needs PPT on a binary task or class-conditioned PPT"),
+])
+def test_class_options_a_model_cannot_honour_are_refused(two_class_datalist, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        _class_evaluation(two_class_datalist, tmp_path, tiny_segmote(num_ppt_queries=2), **options)

@@ -244,3 +244,25 @@ def test_the_documented_propagation_example(tmp_path):
     assert np.mean(dice) == pytest.approx(0.862, abs=0.005)
     reached = json.loads((tmp_path / "chaos_t2_case21_seg.json").read_text())["propagation"]
     assert reached["spleen"] == {"axis": 2, "slices": list(range(19, 25))}  # labelled on 18-26
+
+
+def _evaluate(checkpoint, tiny_dataset, out, *extra):
+    return bundle_cli("run", "evaluating", "--config_file",
+                      f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']", "--dataset_dir", tiny_dataset,
+                      "--datalist", tiny_dataset / "datalist.json", "--output_dir", out,
+                      "--trainable_checkpoint", checkpoint, "--backbone", "tiny", "--eval_box_jitters", "[0.0]", *extra)
+
+
+def test_evaluation_with_class_aware_boxes_and_no_prompt(class_prompt_checkpoint, trained_bundle, tiny_dataset,
+                                                         tmp_path):
+    run = _evaluate(class_prompt_checkpoint, tiny_dataset, tmp_path / "class", "--eval_class_boxes", "True")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads((tmp_path / "class" / "metrics.json").read_text())["per_case"]
+    # the class-conditioned model is also scored with no prompt (every class asked for); the baseline on boxes only
+    assert {(r["setting"], r["model"]) for r in rows} == {("box_tight", "segmote"), ("box_tight", "zero_shot"),
+                                                          ("prompt_free", "segmote")}
+    refused = _evaluate(trained_bundle[0] / "models" / "segmote_latest.pt", tiny_dataset, tmp_path / "plain",
+                        "--eval_class_boxes", "True")
+    assert refused.returncode != 0
+    assert "class_boxes needs a model trained with class-conditioned PPT" in refused.stdout + refused.stderr
+    assert not (tmp_path / "plain" / "metrics.json").exists()

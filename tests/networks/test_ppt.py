@@ -84,3 +84,16 @@ def test_positional_values_add_the_positional_encoding_to_the_values_only():
     emb, pe = torch.randn(2, 32, 4, 4), torch.randn(1, 32, 4, 4)
     assert not torch.allclose(positional(emb, pe), plain(emb, pe))
     torch.testing.assert_close(positional(emb, torch.zeros_like(pe)), plain(emb, torch.zeros_like(pe)))
+
+
+@pytest.mark.parametrize("positional", [False, True])
+def test_tokens_are_the_documented_formula_with_torchs_attention(positional):
+    """``a = MHA(q, LN(F) + PE, LN(F) [+ PE])``, ``h = q + a``, ``h + MLP(LN(h))``, with torch's own attention."""
+    ppt = ProgressivePromptTokenizer(embedding_dim=32, num_heads=4, mlp_dim=64, positional_values=positional).eval()
+    emb, pe = torch.randn(2, 32, 8, 8), torch.randn(1, 32, 8, 8)
+    features = ppt.norm_image(emb.flatten(2).transpose(1, 2))
+    keys = features + pe.flatten(2).transpose(1, 2)
+    queries = ppt.queries.weight.expand(2, -1, -1)
+    attended, _ = ppt.attention(queries, keys, keys if positional else features, need_weights=False)
+    hidden = queries + attended
+    torch.testing.assert_close(ppt(emb, pe), hidden + ppt.mlp(ppt.norm_tokens(hidden)))

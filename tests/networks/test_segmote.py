@@ -203,6 +203,17 @@ def test_constructor_types():
                 backbone_name="tiny", backbone_sha256="x")
 
 
+@pytest.mark.parametrize("index", [[1, 0], [0, 0, 1], [0, 1]])
+def test_prompt_free_rows_follow_image_index(index):
+    """Rows in image order read the embeddings directly, others through a gathered copy: the same masks."""
+    model = tiny_segmote().eval()
+    embeddings = model.embed_images(IMAGES)
+    with torch.no_grad():
+        per_image = model.predict(image_embeddings=embeddings).masks
+        rows = model.predict(image_embeddings=embeddings, image_index=torch.tensor(index)).masks
+    torch.testing.assert_close(rows, per_image[index], rtol=1e-5, atol=1e-5)
+
+
 def test_prompt_free_without_ppt_decodes_with_no_prompt_tokens():
     model = tiny_segmote(num_ppt_queries=0).eval()
     assert model(IMAGES).shape == (2, 1, 64, 64)

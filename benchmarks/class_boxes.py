@@ -1,0 +1,136 @@
+"""Does a box that carries its class tell the myocardium (a ring) from the left ventricle (the disc inside it)?
+ACDC alone, the same budget for every recipe, several seeds (issue 10's myocardium target, issue 11 item 1).
+
+Recipes, each trained by the bundle on ACDC's training split:
+
+- ``boxes``: the bundle's default (Dice loss; boxes without a class);
+- ``boxes_ce``: the same with the cross-entropy term (``lambda_ce`` 1), the control for the next one, which
+  needs it for its prompt-free rows;
+- ``class_prompts``: the variant config ``train_class_prompts.json``'s recipe (``class_prompts``, ``lambda_ce``
+  1): half of the box rows carry their class, and every sample is decoded once more with no prompt, asked for
+  one class.
+
+Each is scored on ACDC's test split (own mask and label map, tight and ±10% boxes); ``class_prompts`` also with
+each box's class and with no prompt at all (every class asked for on every image).
+
+    python benchmarks/class_boxes.py [--seeds 2] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
+from benchmark_data import load_splits
+from common import REPO, provenance, write_section
+from training import Budget, Recipe, train
+
+from segmote_monai.apps.evaluation import BundleEvaluation
+
+RECIPES = (
+    Recipe("boxes", {}, "the bundle's default: Dice loss, boxes without a class"),
+    Recipe("boxes_ce", {"lambda_ce": 1.0}, "the same with the cross-entropy term (lambda_ce 1)"),
+    Recipe("class_prompts", {"class_prompts": True, "lambda_ce": 1.0},
+           "train_class_prompts.json: class_prompts, lambda_ce 1 (half of the box rows with their class, plus one "
+           "class-conditioned prompt-free row per sample)"),
+)
+SETTINGS = (("own_mask", "box_tight"), ("own_mask", "box_jitter_0.1"), ("label_map", "box_tight"),
+            ("label_map", "box_jitter_0.1"))
+SETTING_TITLES = {"box_tight": "tight", "box_jitter_0.1": "±10%", "prompt_free": "no prompt"}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def per_class(summary: dict, scoring: str, setting: str, model: str = "segmote") -> dict[str, float]:
+    return {r["class"]: r["mean_dice"] for r in summary["results"]
+            if r["scoring"] == scoring and r["setting"] == setting and r["model"] == model}
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    text = f"{np.mean(values):.3f}"
+    return text + (f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else "")
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--samples-per-epoch", type=int, default=150)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--recipes", nargs="+", default=[r.name for r in RECIPES],
+                        choices=[r.name for r in RECIPES])
+    parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    work = args.work_dir.resolve()
+    acdc = load_splits(args.data_root.resolve(), work, ("acdc",))["acdc"]
+    cache = shared_cache(work, zero_shot_model())
+    budget = Budget(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, learning_rate=args.learning_rate,
+                    lr_milestones=(round(args.epochs * 0.6), round(args.epochs * 0.9)))
+    evals = work / "eval_class_boxes"
+
+    def evaluate(model, name: str, **kwargs) -> dict:
+        return BundleEvaluation(network=model, datalist=acdc, load=volume_loader(acdc), backbone="lite_medsam",
+                                output_dir=evals / name, section="test", seed=0, cache=cache, **kwargs).run()
+
+    log("zero-shot")
+    rows: dict[str, list[dict]] = {"zero-shot": [evaluate(zero_shot_model(), "zero_shot", baselines={})]}
+    minutes: dict[str, list[float]] = {}
+    recipes = [r for r in RECIPES if r.name in args.recipes]
+    for recipe in recipes:
+        for seed in range(args.seeds):
+            run = train(recipe, [acdc.path], budget=budget, seed=seed, out_dir=work / "runs" / f"acdc_{recipe.name}"
+                        f"_seed{seed}", cache_dir=work / "cache", log=log)
+            minutes.setdefault(recipe.name, []).append(run["seconds"] / 60)
+            model = load_model(run["checkpoint"])
+            log(f"evaluating {recipe.name} seed {seed}")
+            rows.setdefault(recipe.name, []).append(evaluate(model, f"{recipe.name}_seed{seed}", baselines={}))
+            if model.class_conditioned:
+                rows.setdefault(f"{recipe.name}, boxes with their class", []).append(
+                    evaluate(model, f"{recipe.name}_class_seed{seed}", baselines={}, class_boxes=True,
+                             prompt_free=False))
+
+    classes = [acdc.labels[c] for c in acdc.classes]
+    header = "| recipe | scoring | boxes | " + " | ".join(classes) + " | mean |"
+    lines = [header, "|---|---|---|" + "---:|" * (len(classes) + 1)]
+    for name, summaries in rows.items():
+        settings = list(SETTINGS) + ([("label_map", "prompt_free")] if "prompt_free" in {
+            r["setting"] for r in summaries[0]["results"]} else [])
+        for scoring, setting in settings:
+            values = [per_class(s, scoring, setting) for s in summaries]
+            means = [float(np.mean([v[c] for c in classes if c in v])) for v in values]
+            lines.append(f"| {name} | {scoring.replace('_', ' ')} | {SETTING_TITLES[setting]} | " + " | ".join(
+                cell([v[c] for v in values if c in v]) for c in classes) + f" | {cell(means)} |")
+    recipe_text = "; ".join(f"**{r.name}**: {r.description}" for r in recipes)
+    body = f"""## ACDC: boxes that carry their class (issues 10 and 11)
+
+{provenance()}
+- seeds: {', '.join(map(str, range(args.seeds)))} (training; the jittered boxes use seed 0)
+- training, the same for every recipe, by the bundle on ACDC's training split alone ({len(acdc.items('training'))}
+  images): {budget.text()}
+- recipes: {recipe_text}
+- mean training time per run: {', '.join(f'{n} {np.mean(m):.1f} min' for n, m in minutes.items())}
+- evaluation: ACDC's test split ({len(acdc.items('test'))} images), Dice per image and class, mean over images, then
+  over seeds (in parentheses the range of the seeds); "own mask" scores each class on its own box's mask (the
+  paper's protocol), "label map" on the merged map (the smaller mask wins where two overlap); "no prompt": every
+  class asked for on every image (class-conditioned PPT)
+
+{chr(10).join(lines)}
+"""
+    print(body)
+    if args.write:
+        write_section(REPO / "BENCHMARKS.md", "acdc_class_boxes", body)
+    return body
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
