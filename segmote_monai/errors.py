@@ -52,10 +52,10 @@ class CheckpointMismatchError(InputFileError):
 
 
 def one_line_errors() -> None:
-    """Makes an uncaught :class:`InputFileError` end the process with ``error: <path>: <problem>`` on stderr
-    and exit status 1, without a traceback (set ``SEGMOTE_TRACEBACK=1`` to see it), also when MONAI's config
-    parser re-raised it as the cause of its own error. Other errors keep Python's report. The bundle configs
-    call this in ``initialize``."""
+    """Makes an uncaught :class:`RequestError` (an :class:`InputFileError` included) end the process with
+    ``error: <message>`` (``<path>: <problem>`` for a file) on stderr and exit status 1, without a traceback (set
+    ``SEGMOTE_TRACEBACK=1`` to see it), also when MONAI's config parser re-raised it as the cause of its own
+    error. Other errors keep Python's report. The bundle configs call this in ``initialize``."""
     import os
     import sys
 
@@ -63,10 +63,10 @@ def one_line_errors() -> None:
 
     def hook(kind, value, traceback):
         cause, seen = value, set()
-        while cause is not None and id(cause) not in seen and not isinstance(cause, InputFileError):
+        while cause is not None and id(cause) not in seen and not isinstance(cause, RequestError):
             seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, InputFileError) and not os.environ.get("SEGMOTE_TRACEBACK"):
+        if isinstance(cause, RequestError) and not os.environ.get("SEGMOTE_TRACEBACK"):
             print(f"error: {cause}", file=sys.stderr)
             return
         previous(kind, value, traceback)

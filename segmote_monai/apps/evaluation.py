@@ -30,7 +30,7 @@ from segmote_monai.atomic import atomic_path
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.datalist import Datalist
 from segmote_monai.distributed import rank_and_world
-from segmote_monai.errors import InputFileError
+from segmote_monai.errors import InputFileError, RequestError
 from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
 from segmote_monai.metrics import dice_per_class
 from segmote_monai.networks.decoder import MoTEMaskDecoder
@@ -82,7 +82,9 @@ class BundleEvaluation:
         overlap: the label map's rule where two classes' masks overlap
             (:func:`~segmote_monai.inferers.merge_masks`).
         class_boxes: give the network each box's class (class-aware prompts; a class-conditioned model only).
-            Baselines get the boxes alone.
+            Baselines get the boxes alone. Classes are the datalist's label values, as a model trained on this
+            datalist alone numbers them (a model trained on several datalists shifts each one's values by an
+            offset, so its own ids differ).
     """
 
     def __init__(
@@ -119,16 +121,16 @@ class BundleEvaluation:
                              f"{list(baselines)}")
         self.baselines = dict(baselines) if baselines is not None else {"zero_shot": zero_shot_like(network)}
         if class_boxes and not network.class_conditioned:
-            raise ValueError("class_boxes needs a model trained with class-conditioned PPT (class_prompts); this one "
-                             "has none")
+            raise RequestError("class_boxes needs a model trained with class-conditioned PPT (class_prompts); this "
+                               "one has none")
         self.class_boxes = bool(class_boxes)
         # a class-conditioned model segments a multi-class datalist with no prompt by asking for each class
         self.auto = datalist.task != "binary" and network.class_conditioned
         can = (datalist.task == "binary" and network.ppt is not None) or self.auto
         if prompt_free and not can:
-            raise ValueError(f"prompt-free evaluation needs PPT on a binary task or class-conditioned PPT; task is "
-                             f"{datalist.task!r}, PPT {'on' if network.ppt is not None else 'off'}, class conditioning "
-                             f"{'on' if network.class_conditioned else 'off'}")
+            raise RequestError(f"prompt-free evaluation needs PPT on a binary task or class-conditioned PPT; task is "
+                               f"{datalist.task!r}, PPT {'on' if network.ppt is not None else 'off'}, class "
+                               f"conditioning {'on' if network.class_conditioned else 'off'}")
         self.prompt_free = can if prompt_free is None else bool(prompt_free)
 
     def _scores(self, model: SegMoTE, case: dict, prompts: Any) -> list[tuple[str, int, float]]:

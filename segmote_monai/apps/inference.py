@@ -32,7 +32,7 @@ from segmote_monai.atomic import atomic_path
 from segmote_monai.data.dicom_seg import has_highdicom, read_series_headers, write_dicom_seg
 from segmote_monai.data.readers import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_2d_path
 from segmote_monai.data.slicing import stored_slice_axis
-from segmote_monai.errors import InputFileError
+from segmote_monai.errors import InputFileError, RequestError
 from segmote_monai.inferers.prompted import PromptedSliceInferer
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.transforms.dictionary import RestoreGridd
@@ -180,20 +180,20 @@ class BundleInference:
         """The prompt options, checked when the run starts (building the workflow, as the model zoo's property
         check does, needs none), before anything is read or written."""
         if self.prompt_mode not in PROMPT_MODES:
-            raise ValueError(f"prompt_mode must be one of {list(PROMPT_MODES)}, got {self.prompt_mode!r}")
+            raise RequestError(f"prompt_mode must be one of {list(PROMPT_MODES)}, got {self.prompt_mode!r}")
         auto_ok = self.network.class_conditioned or (self.task == "binary" and self.network.ppt is not None)
         if self.prompt_mode == "auto" and not auto_ok:
-            raise ValueError(
+            raise RequestError(
                 f"prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with class_prompts; this "
                 f"one segments {len(self.labels)} classes {self.labels}: use --prompt_mode box with --boxes or --roi"
             )
         if self.prompt_mode == "box" and (self.boxes is None) == (self.roi is None):
-            raise ValueError("prompt_mode 'box' needs exactly one of --boxes (a JSON file) or --roi (a label file)")
+            raise RequestError("prompt_mode 'box' needs exactly one of --boxes (a JSON file) or --roi (a label file)")
 
     def _check_output_format(self, cases: list[Path]) -> None:
         """Every case can be written in the requested format, checked before any case is segmented."""
         if self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
+            raise RequestError(f"output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if self.output_format != "dicom_seg":
             return
         if not has_highdicom:
@@ -209,7 +209,7 @@ class BundleInference:
         cases = list_cases(self.input)
         self._check_output_format(cases)
         if len(cases) > 1 and (self.roi or self.boxes):
-            raise ValueError(f"{self.input}: {len(cases)} cases but one --roi/--boxes; run them one at a time")
+            raise RequestError(f"{self.input}: {len(cases)} cases but one --roi/--boxes; run them one at a time")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise InputFileError(self.output_dir, "output_dir is an existing file, not a folder")
         inputs = {p.resolve() for p in (*cases, self.roi, self.boxes, self.checkpoint) if p is not None}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.slicing import slices_to_volume, volume_to_slices
+from segmote_monai.errors import RequestError
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.transforms.array import (
     ResizeLongestSidePad,
@@ -73,10 +74,11 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
 
 
 def check_options(*, batch_size: int, overlap: str) -> None:
+    """Refuses option values a user gave (bundle config keys): :class:`RequestError`, one line."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise RequestError(f"batch_size must be >= 1, got {batch_size}")
     if overlap not in OVERLAP_RULES:
-        raise ValueError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
+        raise RequestError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
 
 
 class SliceSegmenter:

@@ -235,6 +235,9 @@ class SegMoTE(nn.Module):
         b = embeddings.shape[0]
         prompted = boxes is not None or points is not None
         n = self._num_prompts(b if image_index is None else len(image_index), boxes, points, point_labels)
+        # one row per image in order (the usual prompt-free call) reads the embeddings without a gathered copy;
+        # decided from the arguments, not the index's values, so that export traces one graph
+        in_order = image_index is None and n == b
         image_index = self._image_index(image_index, b, n, embeddings.device)
         if use_ppt is None:
             use_ppt = (not prompted and self.ppt is not None) or class_ids is not None
@@ -256,8 +259,6 @@ class SegMoTE(nn.Module):
         if use_ppt:
             # a class-conditioned row already names its class: the carrier, which training anneals away, is not added
             carriers = self._carriers(n, carrier_masks, carrier_class_ids) if class_ids is None else None
-            # one row per image in order (the usual prompt-free call) needs no gathered copy of the embeddings
-            in_order = n == b and torch.equal(image_index, torch.arange(b, device=image_index.device))
             ppt_tokens = self.ppt(embeddings if in_order else embeddings[image_index], image_pe, carriers, class_ids)
         out = self.decoder(
             image_embeddings=embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
