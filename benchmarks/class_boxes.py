@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
 from benchmark_data import load_splits
-from common import REPO, provenance, write_section
+from common import REPO, log, provenance, write_section
 from training import Budget, Recipe, train
 
 from segmote_monai.apps.evaluation import BundleEvaluation
@@ -41,10 +40,6 @@ RECIPES = (
 SETTINGS = (("own_mask", "box_tight"), ("own_mask", "box_jitter_0.1"), ("label_map", "box_tight"),
             ("label_map", "box_jitter_0.1"))
 SETTING_TITLES = {"box_tight": "tight", "box_jitter_0.1": "±10%", "prompt_free": "no prompt"}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def per_class(summary: dict, scoring: str, setting: str, model: str = "segmote") -> dict[str, float]:

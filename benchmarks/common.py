@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -15,6 +16,11 @@ import torch
 from segmote_monai.atomic import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def log(message: str) -> None:
+    """A progress line with the time of day, flushed at once (benchmarks run for tens of minutes)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def machine() -> str:

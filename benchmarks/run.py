@@ -39,7 +39,7 @@ from accuracy import (
     zero_shot_model,
 )
 from benchmark_data import DATASETS, load_splits, totalseg_datalists
-from common import REPO, provenance, write_section
+from common import REPO, log, provenance, write_section
 from training import RECIPES, Budget, Recipe, train
 
 from segmote_monai.data.datalist import Datalist
@@ -69,10 +69,6 @@ ABLATIONS = (
     Recipe("finetuned_decoder_lr_1e-4", {**RECIPES["finetuned_decoder"].overrides, "learning_rate": 1e-4},
            "the fine-tuned decoder at learning rate 1e-4 (the baseline at its own best rate)"),
 )
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class Context:

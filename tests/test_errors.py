@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -31,9 +33,6 @@ def test_where_starlette_is_installed_a_refusal_is_an_http_400_with_its_reason()
 ])
 def test_one_line_errors_print_a_refusal_and_exit_1_even_when_wrapped(raised, printed):
     """MONAI's config parser re-raises what a component raised as the cause of its own error."""
-    import subprocess
-    import sys
-
     code = ("from segmote_monai.errors import InputFileError, RequestError, one_line_errors\n"
             "one_line_errors()\n"
             f"try:\n    raise {raised}\nexcept ValueError as e:\n    raise RuntimeError('component failed') from e\n")
@@ -42,9 +41,6 @@ def test_one_line_errors_print_a_refusal_and_exit_1_even_when_wrapped(raised, pr
 
 
 def test_other_errors_keep_their_traceback():
-    import subprocess
-    import sys
-
     code = "from segmote_monai.errors import one_line_errors\none_line_errors()\nraise KeyError('x')\n"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" in run.stderr

@@ -13,26 +13,33 @@ from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
 from tests.conftest import tiny_segmote
 
 
+def _png_datalist(folder, masks, seed, **header):
+    """A test-only datalist of random grey images beside ``masks`` (patients p0, p1, ...)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for n, mask in enumerate(masks):
+        Image.fromarray((rng.random(mask.shape) * 255).astype(np.uint8)).save(folder / f"img{n}.png")
+        Image.fromarray(mask).save(folder / f"img{n}_mask.png")
+        items.append({"image": f"img{n}.png", "label": f"img{n}_mask.png", "patient": f"p{n}"})
+    (folder / "datalist.json").write_text(json.dumps({**header, "test": items}))
+    return load_datalist(folder / "datalist.json")
+
+
 @pytest.fixture
 def binary_datalist(tmp_path):
-    rng = np.random.default_rng(0)
-    items = []
-    for n in range(2):
-        mask = np.zeros((40, 56), np.uint8)
+    masks = [np.zeros((40, 56), np.uint8) for _ in range(2)]
+    for n, mask in enumerate(masks):
         mask[8 + n: 30, 10: 40 - n] = 255
-        Image.fromarray((rng.random((40, 56)) * 255).astype(np.uint8)).save(tmp_path / f"img{n}.png")
-        Image.fromarray(mask).save(tmp_path / f"img{n}_mask.png")
-        items.append({"image": f"img{n}.png", "label": f"img{n}_mask.png", "patient": f"p{n}"})
-    (tmp_path / "datalist.json").write_text(json.dumps({
-        "modality": "XR", "labels": {"0": "background", "1": "lesion"}, "mask_threshold": 127, "test": items}))
-    return load_datalist(tmp_path / "datalist.json")
+    return _png_datalist(tmp_path, masks, 0, modality="XR", labels={"0": "background", "1": "lesion"},
+                         mask_threshold=127)
 
 
-def _evaluation(datalist, out, **kwargs):
+def _evaluation(datalist, out, network=None, **kwargs):
     load = LoadPaird(**datalist.label_encoding())
     scale = ScaleIntensityByModalityd(keys="image")
-    return BundleEvaluation(network=tiny_segmote(num_ppt_queries=2), datalist=datalist,
-                            load=lambda item: scale(load(item)), backbone="tiny", output_dir=out, **kwargs)
+    return BundleEvaluation(network=tiny_segmote(num_ppt_queries=2) if network is None else network,
+                            datalist=datalist, load=lambda item: scale(load(item)), backbone="tiny", output_dir=out,
+                            **kwargs)
 
 
 @pytest.mark.parametrize("baselines,models", [
@@ -122,19 +129,12 @@ def test_label_map_and_own_mask_scores_of_one_class(binary_datalist, tmp_path):
 @pytest.fixture
 def two_class_datalist(tmp_path):
     """Two images, each with a ring (class 1) around a disc (class 2): the myocardium-and-ventricle layout."""
-    rng = np.random.default_rng(1)
-    items = []
-    for n in range(2):
-        mask = np.zeros((48, 48), np.uint8)
+    masks = [np.zeros((48, 48), np.uint8) for _ in range(2)]
+    for n, mask in enumerate(masks):
         mask[6 + n: 40, 8: 42 - n] = 1
         mask[14: 32 - n, 16 + n: 34] = 2
-        Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(tmp_path / f"img{n}.png")
-        Image.fromarray(mask).save(tmp_path / f"img{n}_mask.png")
-        items.append({"image": f"img{n}.png", "label": f"img{n}_mask.png", "patient": f"p{n}"})
-    (tmp_path / "datalist.json").write_text(json.dumps({
-        "modality": "MR", "task": "multi-class", "labels": {"0": "background", "1": "ring", "2": "disc"},
-        "test": items}))
-    return load_datalist(tmp_path / "datalist.json")
+    return _png_datalist(tmp_path, masks, 1, modality="MR", task="multi-class",
+                         labels={"0": "background", "1": "ring", "2": "disc"})
 
 
 def _spy(model):
@@ -150,21 +150,14 @@ def _spy(model):
     return calls
 
 
-def _class_evaluation(datalist, out, network, **kwargs):
-    load = LoadPaird(**datalist.label_encoding())
-    scale = ScaleIntensityByModalityd(keys="image")
-    return BundleEvaluation(network=network, datalist=datalist, load=lambda item: scale(load(item)), backbone="tiny",
-                            output_dir=out, jitters=(0.0,), **kwargs)
-
-
 @pytest.mark.parametrize("class_boxes", [False, True])
 def test_class_boxes_give_the_network_each_boxs_class_and_the_baseline_none(two_class_datalist, tmp_path,
                                                                             class_boxes):
     network = tiny_segmote(num_ppt_queries=2, num_condition_classes=3)
     baseline = zero_shot_like(network)
     ours, theirs = _spy(network), _spy(baseline)
-    summary = _class_evaluation(two_class_datalist, tmp_path / "out", network, baselines={"zero_shot": baseline},
-                                class_boxes=class_boxes, prompt_free=False).run()
+    summary = _evaluation(two_class_datalist, tmp_path / "out", network, baselines={"zero_shot": baseline},
+                          jitters=(0.0,), class_boxes=class_boxes, prompt_free=False).run()
     assert [c for boxed, c in ours if boxed] == ([[1, 2]] * 2 if class_boxes else [None] * 2)
     assert [c for _, c in theirs] == [None] * 2
     assert {r["setting"] for r in summary["per_case"]} == {"box_tight"}
@@ -176,7 +169,7 @@ def test_a_class_conditioned_model_is_scored_with_no_prompt_by_asking_for_every_
 
     network = tiny_segmote(num_ppt_queries=2, num_condition_classes=3)
     calls = _spy(network)
-    evaluation = _class_evaluation(two_class_datalist, tmp_path / "out", network, baselines={})
+    evaluation = _evaluation(two_class_datalist, tmp_path / "out", network, baselines={}, jitters=(0.0,))
     summary = evaluation.run()
     assert [c for boxed, c in calls if not boxed] == [[1, 2]] * 2
     ours = {(r["case"], r["class"]): r["dice"] for r in summary["per_case"]
@@ -197,4 +190,4 @@ def test_a_class_conditioned_model_is_scored_with_no_prompt_by_asking_for_every_
 ])
 def test_class_options_a_model_cannot_honour_are_refused(two_class_datalist, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
-        _class_evaluation(two_class_datalist, tmp_path, tiny_segmote(num_ppt_queries=2), **options)
+        _evaluation(two_class_datalist, tmp_path, **options)
