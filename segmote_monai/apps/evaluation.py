@@ -85,6 +85,7 @@ class BundleEvaluation:
             Baselines get the boxes alone. Classes are the datalist's label values, as a model trained on this
             datalist alone numbers them (a model trained on several datalists shifts each one's values by an
             offset, so its own ids differ).
+        checkpoint: the network's trainable checkpoint file, named in refusals that depend on the model.
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class BundleEvaluation:
         prompt_free: bool | None = None,
         overlap: str = "smaller",
         class_boxes: bool = False,
+        checkpoint: str | os.PathLike | None = None,
     ) -> None:
         self.network = network
         self.datalist = datalist
@@ -120,16 +122,17 @@ class BundleEvaluation:
             raise ValueError(f"'segmote' names the evaluated network; baselines need other names, got "
                              f"{list(baselines)}")
         self.baselines = dict(baselines) if baselines is not None else {"zero_shot": zero_shot_like(network)}
+        where = f"{checkpoint}: " if checkpoint is not None else ""
         if class_boxes and not network.class_conditioned:
-            raise RequestError("class_boxes needs a model trained with class-conditioned PPT (class_prompts); this "
-                               "one has none")
+            raise RequestError(f"{where}class_boxes needs a model trained with class-conditioned PPT "
+                               "(class_prompts); this one has none")
         self.class_boxes = bool(class_boxes)
         # a class-conditioned model segments a multi-class datalist with no prompt by asking for each class
         self.auto = datalist.task != "binary" and network.class_conditioned
         can = (datalist.task == "binary" and network.ppt is not None) or self.auto
         if prompt_free and not can:
-            raise RequestError(f"prompt-free evaluation needs PPT on a binary task or class-conditioned PPT; task is "
-                               f"{datalist.task!r}, PPT {'on' if network.ppt is not None else 'off'}, class "
+            raise RequestError(f"{where}prompt-free evaluation needs PPT on a binary task or class-conditioned PPT; "
+                               f"task is {datalist.task!r}, PPT {'on' if network.ppt is not None else 'off'}, class "
                                f"conditioning {'on' if network.class_conditioned else 'off'}")
         self.prompt_free = can if prompt_free is None else bool(prompt_free)
 

@@ -183,9 +183,11 @@ class BundleInference:
             raise RequestError(f"prompt_mode must be one of {list(PROMPT_MODES)}, got {self.prompt_mode!r}")
         auto_ok = self.network.class_conditioned or (self.task == "binary" and self.network.ppt is not None)
         if self.prompt_mode == "auto" and not auto_ok:
+            where = f"{self.checkpoint}: " if self.checkpoint is not None else ""
             raise RequestError(
-                f"prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with class_prompts; this "
-                f"one segments {len(self.labels)} classes {self.labels}: use --prompt_mode box with --boxes or --roi"
+                f"{where}prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with class_prompts; "
+                f"this one segments {len(self.labels)} classes {self.labels}: use --prompt_mode box with --boxes or "
+                "--roi"
             )
         if self.prompt_mode == "box" and (self.boxes is None) == (self.roi is None):
             raise RequestError("prompt_mode 'box' needs exactly one of --boxes (a JSON file) or --roi (a label file)")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -191,3 +192,6 @@ def test_a_class_conditioned_model_is_scored_with_no_prompt_by_asking_for_every_
 def test_class_options_a_model_cannot_honour_are_refused(two_class_datalist, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         _evaluation(two_class_datalist, tmp_path, **options)
+    # where the checkpoint file is known, the refusal names it (the model, not the option, is what lacks it)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'm.pt'))}: {message}"):
+        _evaluation(two_class_datalist, tmp_path, checkpoint=tmp_path / "m.pt", **options)

@@ -115,6 +115,8 @@ def test_refusals(checkpoint, tiny_dataset, tmp_path, args, message):
     args = [a.replace("{boxes}", str(boxes)).replace("{roi}", str(roi)) for a in args]
     run = infer(checkpoint, "--input", tiny_dataset / "images" / "case3.nii.gz", "--output_dir", tmp_path / "out", *args)
     assert run.returncode != 0 and message in run.stdout + run.stderr and "Traceback" not in run.stderr
+    if args[:2] == ["--prompt_mode", "auto"]:  # a refusal about the model names its checkpoint file
+        assert f"{checkpoint}: {message}" in run.stdout + run.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -264,5 +266,6 @@ def test_evaluation_with_class_aware_boxes_and_no_prompt(class_prompt_checkpoint
     refused = _evaluate(trained_bundle[0] / "models" / "segmote_latest.pt", tiny_dataset, tmp_path / "plain",
                         "--eval_class_boxes", "True")
     assert refused.returncode != 0
-    assert "class_boxes needs a model trained with class-conditioned PPT" in refused.stdout + refused.stderr
+    assert (f"{trained_bundle[0] / 'models' / 'segmote_latest.pt'}: class_boxes needs a model trained with "
+            "class-conditioned PPT") in refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "plain" / "metrics.json").exists()
