@@ -2,6 +2,9 @@
 
     python benchmarks/run.py main        # 3 seeds x (SegMoTE, no-MoTE control, fine-tuned decoder) + zero-shot:
                                          # in-domain test splits, TotalSegmentator CT/MR, routing (< 2 h, 2 CPUs)
+    python benchmarks/run.py main --lambda-ce 1 --recipes segmote finetuned_decoder
+                                         # the loss control: the same with Dice + cross-entropy for both recipes
+                                         # (own run folders; sections accuracy_ce1 and routing_ce1)
     python benchmarks/run.py loo         # leave one dataset out (ACDC, Kvasir): what each keeps outside its data
     python benchmarks/run.py ablations   # one factor at a time at the main budget, one seed
     python benchmarks/run.py speed       # speed, memory and cache sections
@@ -47,7 +50,7 @@ from segmote_monai.inferers import OVERLAP_RULES
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.visualize import routing_heatmap
 
-MAIN_MODELS = ("zero_shot", "finetuned_decoder", "tokens_no_mote", "segmote")
+TRAINED = ("segmote", "tokens_no_mote", "finetuned_decoder")
 MODEL_NAMES = {"zero_shot": "zero-shot", "finetuned_decoder": "fine-tuned decoder", "tokens_no_mote": "no MoTE",
                "segmote": "SegMoTE"}
 LOO_FOLDS = ("acdc", "kvasir")  # one MR and one RGB set left out
@@ -82,7 +85,10 @@ class Context:
         self.ood = totalseg_datalists(args.data_root.resolve(), self.work)
         self.budget = Budget(epochs=args.epochs or (2 if quick else 10),
                              samples_per_epoch=args.samples_per_epoch or (20 if quick else 300),
-                             learning_rate=args.learning_rate, lr_milestones=(7,) if quick else (6, 9))
+                             learning_rate=args.learning_rate, lr_milestones=(7,) if quick else (6, 9),
+                             lambda_ce=args.lambda_ce)
+        # a loss other than the default trains and evaluates into its own folders: the default's stay as they are
+        self.tag = f"_ce{args.lambda_ce:g}" if args.lambda_ce else ""
         self.seeds = list(range(args.seeds or (1 if quick else 3)))
         self.cache = shared_cache(self.work, zero_shot_model())
         # evaluations under another overlap rule get their own folder: the default's stay as they are
@@ -143,23 +149,29 @@ def run_main(ctx: Context) -> None:
     results.add("zero_shot", 0, ctx.evaluate(zero_shot_model(), everything, "zero_shot"))
     stats: dict[str, list[dict]] = {}
     recorder, routed_model = None, None
+    trained = [n for n in TRAINED if n in args.recipes]
+    models = ("zero_shot", *reversed(trained))
     for seed in ctx.seeds:
-        for name in ("segmote", "tokens_no_mote", "finetuned_decoder"):
+        for name in trained:
             run = train(RECIPES[name], ctx.paths(DATASETS), budget=ctx.budget, seed=seed,
-                        out_dir=ctx.work / "runs" / f"{name}_seed{seed}", cache_dir=ctx.work / "cache", log=log)
+                        out_dir=ctx.work / "runs" / f"{name}{ctx.tag}_seed{seed}", cache_dir=ctx.work / "cache",
+                        log=log)
             stats.setdefault(name, []).append(run)
             model = load_model(run["checkpoint"])
             if name == "segmote" and seed == ctx.seeds[0]:
                 recorder, routed_model = RoutingRecorder(model), model
             log(f"evaluating {name} seed {seed}")
-            results.add(name, seed, ctx.evaluate(model, everything, f"{name}_seed{seed}",
+            results.add(name, seed, ctx.evaluate(model, everything, f"{name}{ctx.tag}_seed{seed}",
                                                  recorder=recorder if model is routed_model else None))
-    (ctx.evals / "main_results.json").write_text(json.dumps(results.summaries, indent=1, default=str))
+    (ctx.evals / f"main{ctx.tag}_results.json").write_text(json.dumps(results.summaries, indent=1, default=str))
 
     minutes = {n: np.mean([s["seconds"] for s in v]) / 60 for n, v in stats.items()}
     recipes = "; ".join(f"**{MODEL_NAMES[n]}**: {RECIPES[n].description}"
-                        for n in ("segmote", "tokens_no_mote", "finetuned_decoder"))
-    body = f"""## Accuracy: SegMoTE, its no-MoTE control, a fine-tuned decoder and the frozen backbone
+                        for n in trained)
+    title = ", ".join(MODEL_NAMES[n] for n in trained) + " and the frozen backbone"
+    if ctx.tag:
+        title += f" (loss Dice + {args.lambda_ce:g} x cross-entropy)"
+    body = f"""## Accuracy: {title}
 
 {provenance()}
 - seeds: {', '.join(map(str, ctx.seeds))} (training; the jittered boxes of the evaluation use seed 0 throughout)
@@ -180,12 +192,12 @@ Mean Dice over classes per case, then over cases and seeds; each class scored on
 paper's protocol); in brackets the bootstrap 95% interval over cases of the seed-averaged case means, in
 parentheses the range of the seeds' means:
 
-{table(results, everything, MAIN_MODELS, ci=True)}
+{table(results, everything, models, ci=True)}
 
 The same, scored on the merged label map, as users get it (where two classes' masks overlap the smaller one wins,
 the bundle's `label_overlap` default; `python benchmarks/run.py main --overlap logit` scores the highest-logit rule):
 
-{table(results, everything, MAIN_MODELS, scoring='label_map')}
+{table(results, everything, models, scoring='label_map')}
 
 Per class, mean over cases and seeds:
 
@@ -193,10 +205,10 @@ Per class, mean over cases and seeds:
 
 {targets(results, ctx)}
 """
-    write_section(args.out, "accuracy", body)
+    write_section(args.out, f"accuracy{ctx.tag}", body)
     if recorder is not None:
         text, shares, _ = routing_tables(recorder, ctx.titles())
-        png = REPO / "benchmarks" / "figures" / ("routing_quick.png" if args.quick else "routing.png")
+        png = REPO / "benchmarks" / "figures" / f"routing{ctx.tag}{'_quick' if args.quick else ''}.png"
         routing_heatmap(shares, png, title="SegMoTE expert use on the test prompts (G-weighted clean gates)")
         routing = f"""## Routing: do experts specialise?
 
@@ -215,9 +227,9 @@ Per class, mean over cases and seeds:
 Logged by the trainer after every epoch of that run (training prompts, MLflow metrics of the same names; the
 heatmap of each epoch is an MLflow artifact, `routing/routing_epoch_<n>.png`):
 
-{epoch_routing(ctx.work / "runs" / f"segmote_seed{ctx.seeds[0]}" / "train.log")}
+{epoch_routing(ctx.work / "runs" / f"segmote{ctx.tag}_seed{ctx.seeds[0]}" / "train.log")}
 """
-        write_section(args.out, "routing", routing)
+        write_section(args.out, f"routing{ctx.tag}", routing)
     log(f"accuracy and routing written to {args.out}")
 
 
@@ -246,7 +258,7 @@ def targets(results: Results, ctx: Context) -> str:
     for setting in ("box_tight", "box_jitter_0.1"):
         for scoring in ("own_mask", "label_map"):
             myo = results.classes("segmote", "acdc", setting, scoring).get("myocardium")
-            ft = results.classes("finetuned_decoder", "acdc", setting, scoring).get("myocardium")
+            ft = results.classes("finetuned_decoder", "acdc", setting, scoring).get("myocardium", float("nan"))
             if myo is not None:
                 lines.append(f"- ACDC myocardium >= 0.85, {SETTING_NAMES[setting]} boxes, "
                              f"{scoring.replace('_', ' ')}: SegMoTE {myo:.3f} (fine-tuned decoder {ft:.3f}): "
@@ -395,12 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--lambda-ce", type=float, default=0.0,
+                        help="main: every recipe trained with Dice + this x cross-entropy (non-zero: own run "
+                             "folders and sections, named with _ce<value>)")
+    parser.add_argument("--recipes", nargs="+", default=list(TRAINED), choices=TRAINED, metavar="NAME",
+                        help=f"main: the trained recipes (default all: {', '.join(TRAINED)})")
     parser.add_argument("--overlap", choices=OVERLAP_RULES, default="smaller",
                         help="the label map's rule where two classes' masks overlap (own-mask scores do not change)")
     parser.add_argument("--ablations", nargs="+", default=None, choices=[r.name for r in ABLATIONS],
                         metavar="NAME", help="ablations: only these configurations (default all); trained runs are "
                                              "reused, so a later run with more names adds rows")
     args = parser.parse_args(argv)
+    if not {"segmote", "finetuned_decoder"} <= set(args.recipes):
+        parser.error("--recipes: the main table compares segmote with finetuned_decoder; give both")
     if not (args.data_root / "mri_abdomen_chaos_t2").is_dir():
         print(f"error: {args.data_root}: not the shared data folder (no mri_abdomen_chaos_t2/)", file=sys.stderr)
         return 1

@@ -49,6 +49,7 @@ class Budget:
     lr_milestones: tuple[int, ...] = (6, 9)
     box_jitter: float = 0.1
     dataset_sampling: str = "uniform"
+    lambda_ce: float = 0.0
 
     @property
     def samples(self) -> int:
@@ -58,12 +59,14 @@ class Budget:
         return (f"{self.epochs} epochs x {self.samples_per_epoch} box-prompted samples (batch {self.batch_size}; "
                 f"{self.samples} in all), Adam lr {self.learning_rate:g} halved at epochs "
                 f"{', '.join(map(str, self.lr_milestones))}, boxes jittered by up to {self.box_jitter:.0%} per side, "
-                f"datasets drawn {self.dataset_sampling}ly")
+                f"datasets drawn {self.dataset_sampling}ly, loss "
+                + (f"Dice + {self.lambda_ce:g} x cross-entropy" if self.lambda_ce else "Dice") + " (+ load balance)")
 
     def overrides(self) -> dict[str, Any]:
         return {"max_epochs": self.epochs, "samples_per_epoch": self.samples_per_epoch, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "lr_milestones": list(self.lr_milestones),
-                "box_jitter": self.box_jitter, "dataset_sampling": self.dataset_sampling}
+                "box_jitter": self.box_jitter, "dataset_sampling": self.dataset_sampling,
+                "lambda_ce": self.lambda_ce}
 
 
 def _arg(value: Any) -> str:

@@ -82,9 +82,12 @@ class BundleEvaluation:
         overlap: the label map's rule where two classes' masks overlap
             (:func:`~segmote_monai.inferers.merge_masks`).
         class_boxes: give the network each box's class (class-aware prompts; a class-conditioned model only).
-            Baselines get the boxes alone. Classes are the datalist's label values, as a model trained on this
-            datalist alone numbers them (a model trained on several datalists shifts each one's values by an
-            offset, so its own ids differ).
+            Baselines get the boxes alone.
+        class_offset: what to add to the datalist's label values to get the network's class ids (for
+            ``class_boxes`` and the automatic rows): 0 for a model trained on this datalist alone; a model trained
+            on several numbers each one's classes from its offset; None: the network has no ids for this
+            datalist's classes (no automatic rows; ``class_boxes`` refused).
+            :func:`~segmote_monai.data.joint.class_offset` reads it from the checkpoint's metadata.
         checkpoint: the network's trainable checkpoint file, named in refusals that depend on the model.
     """
 
@@ -105,6 +108,7 @@ class BundleEvaluation:
         prompt_free: bool | None = None,
         overlap: str = "smaller",
         class_boxes: bool = False,
+        class_offset: int | None = 0,
         checkpoint: str | os.PathLike | None = None,
     ) -> None:
         self.network = network
@@ -126,9 +130,13 @@ class BundleEvaluation:
         if class_boxes and not network.class_conditioned:
             raise RequestError(f"{where}class_boxes needs a model trained with class-conditioned PPT "
                                "(class_prompts); this one has none")
+        if class_boxes and class_offset is None:
+            raise RequestError(f"{where}class_boxes: the model was trained on other datalists than "
+                               f"{datalist.name!r} (its metadata names no part with these classes)")
         self.class_boxes = bool(class_boxes)
+        self.class_offset = class_offset or 0
         # a class-conditioned model segments a multi-class datalist with no prompt by asking for each class
-        self.auto = datalist.task != "binary" and network.class_conditioned
+        self.auto = datalist.task != "binary" and network.class_conditioned and class_offset is not None
         can = (datalist.task == "binary" and network.ppt is not None) or self.auto
         if prompt_free and not can:
             raise RequestError(f"{where}prompt-free evaluation needs PPT on a binary task or class-conditioned PPT; "
@@ -144,7 +152,8 @@ class BundleEvaluation:
         own_model = model is self.network
         labels, own = segmenter(case["image"], prompts, prompt_free_class=self.datalist.classes[0], class_masks=True,
                                 ppt_beside_boxes=beside, class_boxes=own_model and self.class_boxes,
-                                auto_classes=self.datalist.classes if own_model and self.auto else None)
+                                auto_classes=self.datalist.classes if own_model and self.auto else None,
+                                class_offset=self.class_offset if own_model else 0)
         out = [("label_map", c, d) for c, d in dice_per_class(labels, case["label"], self.datalist.classes).items()]
         for c in self.datalist.classes:
             truth = case["label"] == c

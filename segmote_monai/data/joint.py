@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from segmote_monai.data.datalist import Datalist, load_datalist
 
-__all__ = ["SAMPLING_RULES", "JointDatalist", "dataset_weights", "metric_name", "samples_per_item"]
+__all__ = ["SAMPLING_RULES", "JointDatalist", "class_offset", "dataset_weights", "metric_name", "samples_per_item"]
 
 SAMPLING_RULES = ("uniform", "proportional", "temperature")
 
@@ -175,3 +175,21 @@ class JointDatalist:
                           "labels": {str(self.offsets[i] + c): d.labels[c] for c in d.classes}}
                          for i, d in enumerate(self.datalists)],
         }
+
+
+def class_offset(metadata: Mapping[str, Any], datalist: Datalist) -> int | None:
+    """Where ``datalist``'s label values sit among a model's class ids, read from its checkpoint's metadata
+    (:meth:`JointDatalist.model_metadata`): 0 for a model trained on one datalist (its ids are the label values);
+    for a model trained on several, the offset of the part named like ``datalist`` with the same class names;
+    None where no part matches (the model has no ids for these classes)."""
+    parts = metadata.get("datasets")
+    if not parts:
+        return 0
+    for part in parts:
+        ids = {int(k): v for k, v in part.get("labels", {}).items()}
+        if part.get("name") != datalist.name or not ids:
+            continue
+        offset = min(ids) - min(datalist.classes)
+        if ids == {offset + c: datalist.labels[c] for c in datalist.classes}:
+            return offset
+    return None

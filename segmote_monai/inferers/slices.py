@@ -140,7 +140,7 @@ class SliceSegmenter:
     def __call__(self, image: torch.Tensor, prompts: SlicePrompts | None = None, *, prompt_free_class: int = 1,
                  auto_classes: Sequence[int] | None = None, auto_refine: bool = False, auto_presence: bool = True,
                  class_boxes: bool = False, class_masks: bool = False, expert_scale: float = 1.0,
-                 ppt_beside_boxes: bool = False
+                 ppt_beside_boxes: bool = False, class_offset: int = 0
                  ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Label map [1, ...] on ``image``'s grid: uint8 (int32 for label values past 255), so that a
         512 x 512 x 300 map takes 79 MB, not 630.
@@ -162,11 +162,15 @@ class SliceSegmenter:
                 voxel and class).
             expert_scale: passed to :meth:`SegMoTE.predict` (0: the frozen backbone's own prediction).
             ppt_beside_boxes: add the PPT tokens beside each box (a binary task of a model trained so).
+            class_offset: added to the class ids the model is told (``class_boxes``, ``auto_classes``): a model
+                trained on several datalists numbers each one's classes from that datalist's offset
+                (:func:`~segmote_monai.data.joint.class_offset`); the label map keeps the given values.
         """
         self.model.eval()
         if prompts is None and auto_classes is not None:
             return self._auto(image, [int(c) for c in auto_classes], refine=auto_refine, presence=auto_presence,
-                              class_boxes=class_boxes, class_masks=class_masks, expert_scale=expert_scale)
+                              class_boxes=class_boxes, class_masks=class_masks, expert_scale=expert_scale,
+                              class_offset=class_offset)
         scale = {} if expert_scale == 1.0 else {"expert_scale": expert_scale}
         beside = {"use_ppt": True} if ppt_beside_boxes else {}
         slices = volume_to_slices(torch.as_tensor(image))
@@ -190,7 +194,7 @@ class SliceSegmenter:
             boxes = torch.cat([scale_boxes(prompts[i][0], hw, self.size) for i in batch])
             classes = torch.cat([torch.as_tensor(prompts[i][1]).long() for i in batch])
             index = torch.cat([torch.full((len(prompts[i][0]),), j) for j, i in enumerate(batch)])
-            with_class = {"class_ids": classes.to(embeddings.device)} if class_boxes else {}
+            with_class = {"class_ids": (classes + class_offset).to(embeddings.device)} if class_boxes else {}
             out = self.model.predict(image_embeddings=embeddings, boxes=boxes.to(embeddings.device),
                                      image_index=index.to(embeddings.device), **scale, **beside, **with_class)
             logits = self._unresize(out.masks.cpu(), hw)[:, 0]  # [N, H, W]
@@ -227,7 +231,8 @@ class SliceSegmenter:
         return out
 
     def _auto(self, image: torch.Tensor, classes: list[int], *, refine: bool, presence: bool, class_boxes: bool,
-              class_masks: bool, expert_scale: float) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+              class_masks: bool, expert_scale: float, class_offset: int = 0
+              ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Automatic multi-class segmentation: one class-conditioned prompt-free row per class and slice."""
         if not classes:
             raise ValueError("auto_classes must name at least one class")
@@ -241,7 +246,7 @@ class SliceSegmenter:
             embeddings = self.embed(torch.stack([self.preprocess(slices[i]) for i in batch]))
             device = embeddings.device
             index = torch.arange(len(batch), device=device).repeat_interleave(k)
-            class_ids = torch.tensor(classes, device=device).repeat(len(batch))
+            class_ids = (torch.tensor(classes, device=device) + class_offset).repeat(len(batch))
             out = self.model.predict(image_embeddings=embeddings, image_index=index, class_ids=class_ids, **scale)
             masks = out.masks
             if presence and out.presence_logits is not None:

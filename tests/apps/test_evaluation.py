@@ -164,6 +164,21 @@ def test_class_boxes_give_the_network_each_boxs_class_and_the_baseline_none(two_
     assert {r["setting"] for r in summary["per_case"]} == {"box_tight"}
 
 
+def test_a_joint_models_class_ids_are_the_datalists_values_plus_its_offset(two_class_datalist, tmp_path):
+    network = tiny_segmote(num_ppt_queries=2, num_condition_classes=6)
+    calls = _spy(network)
+    summary = _evaluation(two_class_datalist, tmp_path / "out", network, baselines={}, jitters=(0.0,),
+                          class_boxes=True, class_offset=3).run()
+    assert [c for _, c in calls] == [[4, 5]] * 4  # two images, boxed and prompt-free
+    assert {r["class"] for r in summary["per_case"]} == {"ring", "disc"}  # scored on the datalist's own values
+    calls.clear()
+    summary = _evaluation(two_class_datalist, tmp_path / "none", network, baselines={}, jitters=(0.0,),
+                          class_offset=None).run()
+    assert {r["setting"] for r in summary["per_case"]} == {"box_tight"} and [c for _, c in calls] == [None] * 2
+    with pytest.raises(ValueError, match="class_boxes: the model was trained on other datalists"):
+        _evaluation(two_class_datalist, tmp_path / "refused", network, class_boxes=True, class_offset=None)
+
+
 def test_a_class_conditioned_model_is_scored_with_no_prompt_by_asking_for_every_class(two_class_datalist, tmp_path):
     from segmote_monai.inferers.slices import SliceSegmenter
     from segmote_monai.metrics import dice_per_class

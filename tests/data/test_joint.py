@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segmote_monai.data.joint import JointDatalist, dataset_weights, metric_name, samples_per_item
+from segmote_monai.data.joint import JointDatalist, class_offset, dataset_weights, metric_name, samples_per_item
 from segmote_monai.data.slice_dataset import SliceSampleDataset
 from segmote_monai.transforms import LoadPaird
 
@@ -54,6 +54,18 @@ def test_one_datalist_keeps_its_own_ids_and_metadata(tmp_path):
                                                                                 "2": "cavity"}))
     assert single.labels == {0: "background", 1: "ring", 2: "cavity"} and not single.has_binary
     assert single.model_metadata() == single.datalists[0].model_metadata()
+
+
+def test_class_offset_finds_each_datalist_among_a_models_ids(joint, tmp_path):
+    metadata = json.loads(json.dumps(joint.model_metadata()))  # as a checkpoint stores it (string keys)
+    heart, skin = joint.datalists
+    assert class_offset(metadata, heart) == 0 and class_offset(metadata, skin) == 2
+    # a model trained on one datalist numbers classes by its label values, whatever datalist it is given
+    assert class_offset(JointDatalist([skin]).model_metadata(), heart) == 0
+    other = JointDatalist.load(_datalist(tmp_path, "other", "binary", 2, {"0": "bg", "1": "lesion"}, threshold=127))
+    assert class_offset(metadata, other.datalists[0]) is None
+    renamed = JointDatalist.load(_datalist(tmp_path, "skin", "binary", 2, {"0": "bg", "1": "mole"}, threshold=127))
+    assert class_offset(metadata, renamed.datalists[0]) is None  # the same name, other classes
 
 
 def test_per_item_encoding_and_offset_reach_the_label_map(joint):
