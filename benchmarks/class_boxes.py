@@ -3,12 +3,12 @@ ACDC alone, the same budget for every recipe, several seeds (issue 10's myocardi
 
 Recipes, each trained by the bundle on ACDC's training split:
 
-- ``boxes``: the bundle's default (Dice loss; boxes without a class);
-- ``boxes_ce``: the same with the cross-entropy term (``lambda_ce`` 1), the control for the next one, which
-  needs it for its prompt-free rows;
-- ``class_prompts``: the variant config ``train_class_prompts.json``'s recipe (``class_prompts``, ``lambda_ce``
-  1): half of the box rows carry their class, and every sample is decoded once more with no prompt, asked for
-  one class.
+- ``boxes``: Dice loss (``lambda_ce`` 0, the bundle's default before 0.5.0); boxes without a class;
+- ``boxes_ce``: the same with the cross-entropy term (``lambda_ce`` 1, the default since 0.5.0), the control for
+  the next one, which needs it for its prompt-free rows;
+- ``class_prompts``: the variant config ``train_class_prompts.json``'s recipe (``class_prompts``, with
+  ``lambda_ce`` 1): half of the box rows carry their class, and every sample is decoded once more with no
+  prompt, asked for one class.
 
 Each is scored on ACDC's test split (own mask and label map, tight and ±10% boxes); ``class_prompts`` also with
 each box's class and with no prompt at all (every class asked for on every image).
@@ -31,7 +31,7 @@ from training import Budget, Recipe, train
 from segmote_monai.apps.evaluation import BundleEvaluation
 
 RECIPES = (
-    Recipe("boxes", {}, "the bundle's default: Dice loss, boxes without a class"),
+    Recipe("boxes", {"lambda_ce": 0.0}, "Dice loss (the default before 0.5.0), boxes without a class"),
     Recipe("boxes_ce", {"lambda_ce": 1.0}, "the same with the cross-entropy term (lambda_ce 1)"),
     Recipe("class_prompts", {"class_prompts": True, "lambda_ce": 1.0},
            "train_class_prompts.json: class_prompts, lambda_ce 1 (half of the box rows with their class, plus one "

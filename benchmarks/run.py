@@ -87,7 +87,8 @@ class Context:
                              samples_per_epoch=args.samples_per_epoch or (20 if quick else 300),
                              learning_rate=args.learning_rate, lr_milestones=(7,) if quick else (6, 9),
                              lambda_ce=args.lambda_ce)
-        # a loss other than the default trains and evaluates into its own folders: the default's stay as they are
+        # runs with the cross-entropy term (the default since bundle 0.5.0) train, evaluate and write their
+        # sections under names of their own: the Dice-only runs and sections measured before keep theirs
         self.tag = f"_ce{args.lambda_ce:g}" if args.lambda_ce else ""
         self.seeds = list(range(args.seeds or (1 if quick else 3)))
         self.cache = shared_cache(self.work, zero_shot_model())
@@ -168,9 +169,9 @@ def run_main(ctx: Context) -> None:
     minutes = {n: np.mean([s["seconds"] for s in v]) / 60 for n, v in stats.items()}
     recipes = "; ".join(f"**{MODEL_NAMES[n]}**: {RECIPES[n].description}"
                         for n in trained)
-    title = ", ".join(MODEL_NAMES[n] for n in trained) + " and the frozen backbone"
-    if ctx.tag:
-        title += f" (loss Dice + {args.lambda_ce:g} x cross-entropy)"
+    ppt_recipes = "SegMoTE and the no-MoTE control" if "tokens_no_mote" in trained else "SegMoTE"
+    loss = f" (loss Dice + {args.lambda_ce:g} x cross-entropy)" if ctx.tag else ""
+    title = ", ".join(MODEL_NAMES[n] for n in trained) + " and the frozen backbone" + loss
     body = f"""## Accuracy: {title}
 
 {provenance()}
@@ -179,8 +180,9 @@ def run_main(ctx: Context) -> None:
 ' (--quick: 1 test case per dataset, 3 training cases)' if args.quick else ''}; out of domain, never trained on:
   the TotalSegmentator CT and MR samples (8 abdominal organs, model-made references)
 - training, the same for every recipe, by the bundle (`python -m monai.bundle run training` on the five
-  training splits at once, `--datalists`): {ctx.budget.text()}. SegMoTE and the no-MoTE control also decode a
-  prompt-free row for half of the binary sets' samples (PPT), on top of the same box-prompted samples
+  training splits at once, `--datalists`): {ctx.budget.text()}. {ppt_recipes} also decode{
+'' if 'tokens_no_mote' in trained else 's'} a prompt-free row for half of the binary sets' samples (PPT), on top of
+  the same box-prompted samples
 - recipes: {recipes};
   **zero-shot**: the frozen LiteMedSAM alone on the same boxes
 - mean training time per run on this machine: {', '.join(f'{MODEL_NAMES[n]} {m:.1f} min' for n, m in minutes.items())}
@@ -210,7 +212,7 @@ Per class, mean over cases and seeds:
         text, shares, _ = routing_tables(recorder, ctx.titles())
         png = REPO / "benchmarks" / "figures" / f"routing{ctx.tag}{'_quick' if args.quick else ''}.png"
         routing_heatmap(shares, png, title="SegMoTE expert use on the test prompts (G-weighted clean gates)")
-        routing = f"""## Routing: do experts specialise?
+        routing = f"""## Routing: do experts specialise?{loss}
 
 {provenance()}
 - the seed-{ctx.seeds[0]} SegMoTE model above on every test prompt (tight and jittered boxes, prompt-free): per
@@ -288,9 +290,9 @@ def run_loo(ctx: Context) -> None:
         tests = {fold: ctx.datalists[fold], **ctx.ood}
         for name in ("segmote", "finetuned_decoder"):
             run = train(RECIPES[name], ctx.paths(kept), budget=ctx.budget, seed=seed,
-                        out_dir=ctx.work / "runs" / f"loo_{fold}_{name}_seed{seed}", cache_dir=ctx.work / "cache",
-                        log=log)
-            res.add(name, seed, ctx.evaluate(load_model(run["checkpoint"]), tests, f"loo_{fold}_{name}"))
+                        out_dir=ctx.work / "runs" / f"loo_{fold}_{name}{ctx.tag}_seed{seed}",
+                        cache_dir=ctx.work / "cache", log=log)
+            res.add(name, seed, ctx.evaluate(load_model(run["checkpoint"]), tests, f"loo_{fold}_{name}{ctx.tag}"))
     lines = ["| left out | test set | setting | zero-shot | SegMoTE | fine-tuned decoder | SegMoTE - zero-shot | "
              "fine-tuned - zero-shot |", "|---|---|---|---:|---:|---:|---:|---:|"]
     kept_all = []
@@ -316,7 +318,7 @@ def run_loo(ctx: Context) -> None:
 Worst difference to zero-shot over these sets and settings: SegMoTE {worst[0]:+.3f}, fine-tuned decoder {worst[1]:+.3f}
 (target: SegMoTE >= zero-shot - 0.01 on every set, tight and ±10%: **{'met' if worst[0] >= -0.01 else 'missed'}**).
 """
-    write_section(args.out, "loo", body)
+    write_section(args.out, f"loo{ctx.tag}", body)
     log(f"leave-one-out written to {args.out}")
 
 
@@ -329,9 +331,10 @@ def run_ablations(ctx: Context) -> None:
     chosen = [r for r in ABLATIONS if args.ablations is None or r.name in args.ablations]
     for recipe in (RECIPES["segmote"], *chosen):
         run = train(recipe, ctx.paths(DATASETS), budget=ctx.budget, seed=seed,
-                    out_dir=ctx.work / "runs" / f"{recipe.name}_seed{seed}", cache_dir=ctx.work / "cache", log=log)
+                    out_dir=ctx.work / "runs" / f"{recipe.name}{ctx.tag}_seed{seed}",
+                    cache_dir=ctx.work / "cache", log=log)
         model = load_model(run["checkpoint"])
-        results.add(recipe.name, seed, ctx.evaluate(model, everything, recipe.name))
+        results.add(recipe.name, seed, ctx.evaluate(model, everything, recipe.name + ctx.tag))
         rows.append((recipe, run, token_cosine(model)))
     header = ("| configuration | " + " | ".join(d.name for d in everything.values())
               + " | in-domain mean tight | ±10% | ACDC myocardium tight | prompt-free mean | minutes |")
@@ -359,7 +362,7 @@ def run_ablations(ctx: Context) -> None:
 
 {chr(10).join(lines)}
 """
-    write_section(args.out, "ablations", body)
+    write_section(args.out, f"ablations{ctx.tag}", body)
     log(f"ablations written to {args.out}")
 
 
@@ -407,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--lambda-ce", type=float, default=0.0,
-                        help="main: every recipe trained with Dice + this x cross-entropy (non-zero: own run "
-                             "folders and sections, named with _ce<value>)")
+    parser.add_argument("--lambda-ce", type=float, default=Budget.lambda_ce,
+                        help="every recipe trained with Dice + this x cross-entropy (default the bundle's; non-zero: "
+                             "run folders and BENCHMARKS sections named with _ce<value>, 0: without)")
     parser.add_argument("--recipes", nargs="+", default=list(TRAINED), choices=TRAINED, metavar="NAME",
                         help=f"main: the trained recipes (default all: {', '.join(TRAINED)})")
     parser.add_argument("--overlap", choices=OVERLAP_RULES, default="smaller",

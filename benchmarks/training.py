@@ -49,7 +49,7 @@ class Budget:
     lr_milestones: tuple[int, ...] = (6, 9)
     box_jitter: float = 0.1
     dataset_sampling: str = "uniform"
-    lambda_ce: float = 0.0
+    lambda_ce: float = 1.0  # the bundle's default (train.json); 0 is the paper's Dice only
 
     @property
     def samples(self) -> int:
