@@ -2,9 +2,9 @@
 
     python benchmarks/run.py main        # 3 seeds x (SegMoTE, no-MoTE control, fine-tuned decoder) + zero-shot:
                                          # in-domain test splits, TotalSegmentator CT/MR, routing (< 2 h, 2 CPUs)
-    python benchmarks/run.py main --lambda-ce 1 --recipes segmote finetuned_decoder
-                                         # the loss control: the same with Dice + cross-entropy for both recipes
-                                         # (own run folders; sections accuracy_ce1 and routing_ce1)
+                                         # with the default loss, Dice + cross-entropy: sections accuracy_ce1
+                                         # and routing_ce1, run folders <recipe>_ce1_seed<n>
+    python benchmarks/run.py main --lambda-ce 0  # the loss control, Dice alone: sections accuracy and routing
     python benchmarks/run.py loo         # leave one dataset out (ACDC, Kvasir): what each keeps outside its data
     python benchmarks/run.py ablations   # one factor at a time at the main budget, one seed
     python benchmarks/run.py speed       # speed, memory and cache sections
@@ -260,7 +260,7 @@ def targets(results: Results, ctx: Context) -> str:
     for setting in ("box_tight", "box_jitter_0.1"):
         for scoring in ("own_mask", "label_map"):
             myo = results.classes("segmote", "acdc", setting, scoring).get("myocardium")
-            ft = results.classes("finetuned_decoder", "acdc", setting, scoring).get("myocardium", float("nan"))
+            ft = results.classes("finetuned_decoder", "acdc", setting, scoring).get("myocardium")
             if myo is not None:
                 lines.append(f"- ACDC myocardium >= 0.85, {SETTING_NAMES[setting]} boxes, "
                              f"{scoring.replace('_', ' ')}: SegMoTE {myo:.3f} (fine-tuned decoder {ft:.3f}): "
