@@ -17,6 +17,8 @@ from typing import Any
 from common import REPO
 
 CONFIGS = REPO / "bundle" / "configs"
+#: the bundle's default weight of the cross-entropy term (0 is the paper's Dice alone), read, not repeated
+BUNDLE_LAMBDA_CE = float(json.loads((CONFIGS / "train.json").read_text())["lambda_ce"])
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Budget:
     lr_milestones: tuple[int, ...] = (6, 9)
     box_jitter: float = 0.1
     dataset_sampling: str = "uniform"
-    lambda_ce: float = 1.0  # the bundle's default (train.json); 0 is the paper's Dice only
+    lambda_ce: float = BUNDLE_LAMBDA_CE
 
     @property
     def samples(self) -> int:
