@@ -7,9 +7,10 @@ share the sequence).
 Three choices here are ours, each a named option so it can be ablated (measurements in BENCHMARKS.md):
 
 - ``expert_attention="read_only"`` (default): expert tokens attend to SAM's tokens and to the image, but
-  neither SAM's tokens nor the image attend to them (:func:`~segmote_monai.networks.two_way.reader_update`),
-  so SAM's own path is computed exactly as SAM computes it. ``"shared"`` is the paper's layout: the expert
-  tokens are ordinary members of the sequence and change what SAM's tokens and the image see.
+  neither SAM's tokens nor the image attend to them (:func:`~segmote_monai.networks.two_way.block_with_readers`),
+  so SAM's own path is what SAM computes (to float rounding: the experts share its attention calls).
+  ``"shared"`` is the paper's layout: the expert tokens are ordinary members of the sequence and change what
+  SAM's tokens and the image see.
 - ``mask_head="residual"`` (default): the mask weights are SAM's own (its first hypernetwork on its first
   mask token) plus a correction from the routed expert token, through a new hypernetwork whose last layer
   starts at zero. With read-only experts, training starts exactly at SAM's prediction and a zero
@@ -34,7 +35,7 @@ from segment_anything.modeling import MaskDecoder
 from torch import nn
 
 from segmote_monai.networks.mote import COMBINE_MODES, RoutingOutput, TokenMoE
-from segmote_monai.networks.two_way import ImageReadsExperts, reader_update, sam_few_query_attention
+from segmote_monai.networks.two_way import ImageReadsExperts, block_with_readers, sam_few_query_attention
 
 __all__ = ["EXPERT_ATTENTION", "MASK_HEADS", "MOTE_NORMS", "TOKEN_INITS", "DecoderOutput", "MoTEMaskDecoder"]
 
@@ -220,19 +221,21 @@ class MoTEMaskDecoder(nn.Module):
         transformer = self.mask_decoder.transformer
         sam_q, expert_q, routing = sam_tokens, experts, []
         for layer, mote in zip(transformer.layers, self.mote_blocks or [None] * len(transformer.layers)):
-            expert_q = reader_update(layer, readers=expert_q, reader_pe=experts, sam_tokens=sam_q, sam_pe=sam_tokens,
-                                     keys=keys, key_pe=key_pe[:1])
-            sam_q, keys = layer(queries=sam_q, keys=keys, query_pe=sam_tokens, key_pe=key_pe)
+            sam_q, keys, expert_q = block_with_readers(layer, queries=sam_q, query_pe=sam_tokens, readers=expert_q,
+                                                       reader_pe=experts, keys=keys, key_pe=key_pe[:1])
             if mote is not None:
                 expert_q, block_routing = mote(expert_q)
                 routing.append(block_routing)
         if self.image_update is not None:
             keys = keys + expert_scale * self.image_update(keys, key_pe[:1], expert_q, experts)
-        final, keys_with_pe = transformer.final_attn_token_to_image, keys + key_pe
+        final, keys_with_pe, s = transformer.final_attn_token_to_image, keys + key_pe[:1], sam_q.shape[1]
+        if self.final_reader is None:  # one call: the image is projected once for SAM's tokens and the experts
+            tokens, tokens_pe = torch.cat([sam_q, expert_q], dim=1), torch.cat([sam_tokens, experts], dim=1)
+            tokens = transformer.norm_final_attn(tokens + final(q=tokens + tokens_pe, k=keys_with_pe, v=keys))
+            return tokens[:, :s], routing, tokens[:, s:], keys
         sam_q = transformer.norm_final_attn(sam_q + final(q=sam_q + sam_tokens, k=keys_with_pe, v=keys))
-        reader = self.final_reader if self.final_reader is not None else final
         expert_q = transformer.norm_final_attn(
-            expert_q + sam_few_query_attention(reader, expert_q + experts, keys_with_pe, keys))
+            expert_q + sam_few_query_attention(self.final_reader, expert_q + experts, keys_with_pe, keys))
         return sam_q, routing, expert_q, keys
 
     def _shared(self, sam_tokens, experts, keys, key_pe):

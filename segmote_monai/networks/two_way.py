@@ -1,16 +1,21 @@
 """Tokens that read SAM's decoder without being read by it, and attention for a few queries over many keys.
 
-:func:`reader_update` applies one of SAM's two-way attention blocks to extra tokens that attend to SAM's
-tokens, to each other and to the image, while SAM's own call of the block (which the caller makes) never
-sees them. It uses the public sub-modules of segment-anything's ``TwoWayAttentionBlock`` in the order its
-``forward`` runs them; SAM's path is SAM's own module call, so it is exact by construction.
+:func:`block_with_readers` runs one of SAM's two-way attention blocks on SAM's tokens and, alongside, on extra
+"reader" tokens that attend to SAM's tokens, to each other and to the image, while neither SAM's tokens nor the
+image attend to them. It calls the block's public sub-modules in the order ``TwoWayAttentionBlock.forward``
+runs them; the readers join SAM's tokens in the token-to-image attention, the MLP and the norms (each acts on
+every token alone), so the image keys and values are projected once for both. Before, the readers had their
+own attention over the image (:func:`few_query_attention`): on an AMD EPYC (2 threads) that was about 6 ms of
+the 17 ms MoTE added to SAM's 51 ms decoder for one box. SAM's rows equal the block's own output to float
+rounding (a matrix product over more rows may sum in another order), which the tests check.
 
 :func:`few_query_attention` is SAM's ``Attention`` (and torch's ``MultiheadAttention``) for a handful of
 queries over thousands of keys, with the projections moved to the query side: per head,
 ``q_h . (W_k,h k + b_k,h) = (W_k,h^T q_h) . k + const`` (the constant cancels in the softmax) and
 ``sum_j a_j (W_v,h v_j + b_v,h) = W_v,h (sum_j a_j v_j) + b_v,h`` (the weights sum to 1). It never projects
 the 4096 image tokens: for T = 4 queries over LiteMedSAM's 64 x 64 tokens it costs 67M multiply-adds instead
-of the 268M of the key and value projections alone.
+of the 268M of the key and value projections alone. PPT and the trainable copy of the final attention, whose
+projections nothing else computes, use it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import torch
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
-__all__ = ["ImageReadsExperts", "few_query_attention", "reader_update", "sam_few_query_attention"]
+__all__ = ["ImageReadsExperts", "block_with_readers", "few_query_attention", "sam_few_query_attention"]
 
 
 def few_query_attention(
@@ -73,40 +78,47 @@ def sam_few_query_attention(attention: Attention, q: torch.Tensor, k: torch.Tens
     )
 
 
-def reader_update(
+def block_with_readers(
     layer: TwoWayAttentionBlock,
     *,
+    queries: torch.Tensor,
+    query_pe: torch.Tensor,
     readers: torch.Tensor,
     reader_pe: torch.Tensor,
-    sam_tokens: torch.Tensor,
-    sam_pe: torch.Tensor,
     keys: torch.Tensor,
     key_pe: torch.Tensor,
-) -> torch.Tensor:
-    """What ``layer`` makes of the reader tokens, given SAM's tokens and image keys at the block's input.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``layer(queries=..., keys=..., query_pe=..., key_pe=...)``, and what the block makes of the readers.
 
     Args:
         layer: a SAM ``TwoWayAttentionBlock``.
-        readers: [N, T, D] the extra tokens; reader_pe: [N, T, D] their positional part.
-        sam_tokens: [N, S, D] SAM's queries entering the block; sam_pe: [N, S, D] theirs.
-        keys: [N, HW, D] image tokens entering the block; key_pe: [1, HW, D] their positional encoding.
+        queries: [N, S, D] SAM's tokens entering the block; query_pe: [N, S, D] their positional part.
+        readers: [N, T, D] the extra tokens; reader_pe: [N, T, D] theirs.
+        keys: [N, HW, D] image tokens entering the block; key_pe: [1 or N, HW, D] their positional encoding.
 
     Returns:
-        [N, T, D] the readers after the block's self-attention, token-to-image attention and MLP (each with
-        its norm), as the block would update them if they were in its sequence; the block's image update
-        (image-to-token attention) does not apply to tokens.
+        SAM's queries [N, S, D] and keys [N, HW, D] as the block returns them, and the readers [N, T, D] after the
+        block's self-attention, token-to-image attention and MLP (each with its norm), as the block would update
+        them if they were in its sequence; the image-to-token attention reads SAM's tokens only.
     """
-    every = torch.cat([sam_tokens, readers], dim=1)
+    s = queries.shape[1]
+    every = torch.cat([queries, readers], dim=1)
     if layer.skip_first_layer_pe:
-        readers = layer.self_attn(q=readers, k=every, v=every)
+        sam_out = layer.self_attn(q=queries, k=queries, v=queries)
+        reader_out = layer.self_attn(q=readers, k=every, v=every)
     else:
-        every_q = every + torch.cat([sam_pe, reader_pe], dim=1)
-        readers = readers + layer.self_attn(q=readers + reader_pe, k=every_q, v=every)
-    readers = layer.norm1(readers)
-    readers = readers + sam_few_query_attention(layer.cross_attn_token_to_image, readers + reader_pe, keys, keys,
-                                                key_pe=key_pe)
-    readers = layer.norm2(readers)
-    return layer.norm3(readers + layer.mlp(readers))
+        q = queries + query_pe
+        every_q = torch.cat([q, readers + reader_pe], dim=1)
+        sam_out = queries + layer.self_attn(q=q, k=q, v=queries)
+        reader_out = readers + layer.self_attn(q=every_q[:, s:], k=every_q, v=every)
+    tokens = layer.norm1(torch.cat([sam_out, reader_out], dim=1))
+    tokens_pe = torch.cat([query_pe, reader_pe], dim=1)
+    keys_with_pe = keys + key_pe  # SAM's block adds it twice; it is the same tensor both times
+    tokens = layer.norm2(tokens + layer.cross_attn_token_to_image(q=tokens + tokens_pe, k=keys_with_pe, v=keys))
+    tokens = layer.norm3(tokens + layer.mlp(tokens))
+    queries, readers = tokens[:, :s], tokens[:, s:]
+    keys = layer.norm4(keys + layer.cross_attn_image_to_token(q=keys_with_pe, k=queries + query_pe, v=queries))
+    return queries, keys, readers
 
 
 class ImageReadsExperts(torch.nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segmote_monai.networks import MoTEMaskDecoder, build_backbone
-from segmote_monai.networks.two_way import few_query_attention, reader_update, sam_few_query_attention
+from segmote_monai.networks.two_way import block_with_readers, few_query_attention, sam_few_query_attention
 
 
 def _inputs(backbone, n=3):
@@ -174,17 +174,22 @@ def test_few_query_attention_equals_torch_multihead_attention():
     torch.testing.assert_close(ours, mha(q, k, v, need_weights=False)[0])
 
 
-def test_reader_update_equals_the_block_on_a_shared_sequence_for_its_own_rows():
-    """A reader token's update is what the block gives it when it sits in the sequence (SAM's rows differ)."""
+def test_block_with_readers_is_sams_block_and_reads_like_a_shared_sequence():
+    """SAM's rows and the image are what SAM's block returns without the readers; a reader's update is what the
+    block gives it when it sits in the sequence (where SAM's rows would change)."""
     backbone = build_backbone("tiny")
     for layer in backbone.mask_decoder.transformer.layers:
-        sam_tokens, readers = torch.randn(2, 5, 32), torch.randn(2, 3, 32)
+        sam_tokens, sam_pe, readers = torch.randn(2, 5, 32), torch.randn(2, 5, 32), torch.randn(2, 3, 32)
         keys, key_pe = torch.randn(2, 256, 32), torch.randn(1, 256, 32)
-        every = torch.cat([sam_tokens, readers], dim=1)
-        shared, _ = layer(queries=every, keys=keys, query_pe=every, key_pe=key_pe.expand(2, -1, -1))
-        ours = reader_update(layer, readers=readers, reader_pe=readers, sam_tokens=sam_tokens, sam_pe=sam_tokens,
-                             keys=keys, key_pe=key_pe)
+        alone_q, alone_k = layer(queries=sam_tokens, keys=keys, query_pe=sam_pe, key_pe=key_pe.expand(2, -1, -1))
+        every, every_pe = torch.cat([sam_tokens, readers], dim=1), torch.cat([sam_pe, readers], dim=1)
+        shared, _ = layer(queries=every, keys=keys, query_pe=every_pe, key_pe=key_pe.expand(2, -1, -1))
+        q, k, ours = block_with_readers(layer, queries=sam_tokens, query_pe=sam_pe, readers=readers,
+                                        reader_pe=readers, keys=keys, key_pe=key_pe)
+        torch.testing.assert_close(q, alone_q, rtol=0, atol=1e-5)
+        torch.testing.assert_close(k, alone_k, rtol=0, atol=1e-5)
         torch.testing.assert_close(ours, shared[:, 5:], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(shared[:, :5], alone_q, atol=1e-3)  # in a shared sequence SAM's rows would move
 
 
 @pytest.mark.parametrize(
