@@ -52,6 +52,29 @@ def _write(work_dir: Path, name: str, raw: dict) -> Datalist:
     return load_datalist(path)
 
 
+def split_by_source(xray: Datalist, work_dir: Path) -> dict[str, Datalist]:
+    """The chest X-ray split cut by population: ``trained``, its training and validation sections with only the
+    normal images (``_0``) and no test section; ``normal_heldout``, the normal images of the test and validation
+    splits (the trainer scores its validation section but never picks weights with it); ``tb_test``, the
+    test split's tuberculosis images (``_1``); ``tb_all``, every tuberculosis image of every section. Each keeps
+    the set's name and labels, so that a model trained on several datalists finds its classes."""
+    head = {k: v for k, v in json.loads(xray.path.read_text()).items() if k not in ("training", "validation", "test")}
+    raw = {section: xray.items(section) for section in ("training", "validation", "test")}  # absolute paths
+
+    def kind(item: dict, suffix: str) -> bool:
+        return Path(item["image"]).stem.endswith(suffix)
+
+    everything = raw["training"] + raw["validation"] + raw["test"]
+    parts = {
+        "trained": {**head, "training": [i for i in raw["training"] if kind(i, "_0")],
+                    "validation": [i for i in raw["validation"] if kind(i, "_0")], "test": []},
+        "normal_heldout": {**head, "test": [i for i in raw["test"] + raw["validation"] if kind(i, "_0")]},
+        "tb_test": {**head, "test": [i for i in raw["test"] if kind(i, "_1")]},
+        "tb_all": {**head, "test": [i for i in everything if kind(i, "_1")]},
+    }
+    return {k: _write(work_dir, f"xray_lung_{k}", v) for k, v in parts.items()}
+
+
 def totalseg_datalists(data_root: Path, work_dir: Path) -> dict[str, Datalist]:
     """The TotalSegmentator CT and MR samples as test-only datalists of :data:`TOTALSEG_ORGANS`."""
     folder = data_root / "ct_mr_totalsegmentator"
