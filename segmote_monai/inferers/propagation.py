@@ -54,11 +54,18 @@ def _next_box(mask: torch.Tensor, margin: float, bounds: Sequence[float] | None 
     return max(lo_x, x0 - dx), max(lo_y, y0 - dy), min(hi_x, x1 + dx), min(hi_y, y1 + dy)
 
 
+def _narrowed(box: Sequence[float], scale: float) -> tuple[float, float, float, float]:
+    """``box`` scaled about its centre by ``scale`` in both directions."""
+    x0, y0, x1, y1 = box
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, scale * (x1 - x0) / 2, scale * (y1 - y0) / 2
+    return cx - rx, cy - ry, cx + rx, cy + ry
+
+
 @torch.no_grad()
 def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[PropagationSeed], *,
-              margin: float = 0.0, min_overlap: float = 0.7, min_pixels: int = 1, min_iou: float = 0.0,
-              max_growth: float | None = 0.1, max_shift: float | None = 2.0, prompts: SlicePrompts | None = None
-              ) -> tuple[torch.Tensor, dict[int, list[int]]]:
+              margin: float = 0.0, min_overlap: float = 0.6, min_pixels: int = 1, min_iou: float = 0.0,
+              max_growth: float | None = 0.1, max_shift: float | None = 2.0, taper: float | None = 0.7,
+              prompts: SlicePrompts | None = None) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Label map [1, H, W, S] of ``image`` ([C, H, W, S], oriented, in [0, 1]) from one seed per structure, and,
     per seeded class, the slices its propagation reached (sorted; empty where the key slice's mask was).
 
@@ -75,6 +82,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
         raise ValueError(f"max_growth must be >= 0 (or None), got {max_growth}")
     if max_shift is not None and max_shift <= 0:
         raise ValueError(f"max_shift must be > 0 (or None), got {max_shift}")
+    if taper is not None and not 0.0 < taper <= 1.0:
+        raise ValueError(f"taper must be in (0, 1] (or None), got {taper}")
     slices = volume_to_slices(torch.as_tensor(image))
     count, hw = len(slices), tuple(slices.shape[-2:])
     model = segmenter.model.eval()
@@ -118,10 +127,15 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
         key_values = slices[seed.slice].float().mean(0)[key > 0]
         key_mean, key_std = float(key_values.mean()), float(key_values.std()) if len(key_values) > 1 else 0.0
         for step in (-1, 1):
-            previous, z, shrinking = key > 0, seed.slice + step, False
+            previous, z, shrinking, before = key > 0, seed.slice + step, False, None
             while first <= z <= last:
                 bounds = seed.box if seed.within_box else None
-                current, quality = segment(z, _next_box(previous, margin, bounds))
+                box = _next_box(previous, margin, bounds)
+                if taper is not None and before is not None and int(previous.sum()) < before:
+                    # the organ narrows: expect the next slice to shrink as the last step did (in length, the
+                    # square root of the area ratio), or the model fills the previous, too large box
+                    box = _narrowed(box, max(taper, (int(previous.sum()) / before) ** 0.5))
+                current, quality = segment(z, box)
                 mask = current > 0
                 area = int(mask.sum())
                 overlap = (mask & previous).sum().item() / max((mask | previous).sum().item(), 1)
@@ -137,7 +151,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                         break
                 reached[z] = current if z not in reached else torch.maximum(reached[z], current)
                 seen.add(z)
-                previous, z = mask, z + step
+                before, previous, z = int(previous.sum()), mask, z + step
     labels = torch.zeros(count, 1, *hw, dtype=torch.uint8 if max([0, *logits]) < 256 else torch.int32)
     for z in range(count):
         present = [(c, per_slice[z]) for c, per_slice in logits.items() if z in per_slice]

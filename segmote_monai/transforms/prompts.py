@@ -201,12 +201,16 @@ class AttachPromptsd(MapTransform):
             a prediction, and MONAI Label would otherwise write it back).
         class_conditioned: the model segments each class prompt-free (``auto`` is then allowed with several
             classes).
+        checkpoint: the model's weights file, named in a refusal that depends on the model (a server holds
+            several models; the request's sender sees which one refused).
     """
 
     def __init__(self, *, labels: Mapping[Any, str], prompt_mode: str = "box", boxes: Any = None,
-                 image_key: str = "image", label_key: str = "label", class_conditioned: bool = False) -> None:
+                 image_key: str = "image", label_key: str = "label", class_conditioned: bool = False,
+                 checkpoint: str | None = None) -> None:
         super().__init__(image_key)
         self.class_conditioned = bool(class_conditioned)
+        self.checkpoint = checkpoint
         self.labels = {int(k): str(v) for k, v in labels.items() if int(k) > 0}
         if not self.labels:
             raise ValueError(f"labels must name at least one foreground class, got {dict(labels)}")
@@ -221,7 +225,8 @@ class AttachPromptsd(MapTransform):
         if self.prompt_mode not in PROMPT_MODES:
             raise RequestError(f"prompt_mode must be one of {list(PROMPT_MODES)}, got {self.prompt_mode!r}")
         if self.prompt_mode == "auto" and len(self.labels) > 1 and not self.class_conditioned:
-            raise RequestError(f"prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with "
+            where = f"{self.checkpoint}: " if self.checkpoint is not None else ""
+            raise RequestError(f"{where}prompt_mode 'auto' (PPT, no prompt) needs a binary model or one trained with "
                                f"class_prompts; this one segments {len(self.labels)} classes {self.labels}: give "
                                "boxes or a label ROI")
 

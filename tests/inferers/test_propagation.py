@@ -77,7 +77,7 @@ def test_a_jump_stops_the_propagation():
 
 def test_a_mask_that_grows_again_after_shrinking_stops_the_propagation():
     """Slice 5 shrinks to 12 x 12; on slice 6 the mask fills its whole box (14 x 14, still overlapping by 0.73):
-    past the organ's largest slice, 36% more is a spill."""
+    past the organ's largest slice, 36% more is a spill (boxes not narrowed: the rule alone)."""
     image = _volume()
     image[0, :, :, 5] = 0.0
     image[0, 16:28, 9:21, 5] = 1.0
@@ -85,11 +85,11 @@ def test_a_mask_that_grows_again_after_shrinking_stops_the_propagation():
     image[0, 10:40, 4:26, 6] = 1.0
     segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
     seed = PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))
-    assert propagate(segmenter, image, [seed], max_growth=None, max_shift=None)[1][1][-1] == 6
-    assert propagate(segmenter, image, [seed], max_growth=0.1, max_shift=None)[1][1][-1] == 5
-    assert propagate(segmenter, image, [seed], max_growth=0.5, max_shift=None)[1][1][-1] == 6
+    assert propagate(segmenter, image, [seed], max_growth=None, max_shift=None, taper=None)[1][1][-1] == 6
+    assert propagate(segmenter, image, [seed], max_growth=0.1, max_shift=None, taper=None)[1][1][-1] == 5
+    assert propagate(segmenter, image, [seed], max_growth=0.5, max_shift=None, taper=None)[1][1][-1] == 6
     bounded = PropagationSeed(1, 4, (0.0, 0.0, 63.0, 63.0), first=0, last=9, within_box=True)
-    assert propagate(segmenter, image, [bounded], max_growth=0.1, max_shift=None)[1][1][-1] == 6  # 3D boxes: no rule
+    assert propagate(segmenter, image, [bounded], max_growth=0.1, max_shift=None, taper=None)[1][1][-1] == 6  # 3D boxes: no rule
 
 
 def test_growth_before_the_largest_slice_does_not_stop_the_propagation():
@@ -109,6 +109,24 @@ def test_a_mask_on_another_tissue_stops_the_propagation():
     seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
     assert propagate(segmenter, image, seed, max_growth=None, max_shift=None)[1][1][-1] == 6
     assert propagate(segmenter, image, seed, max_growth=None, max_shift=2.0)[1][1][-1] == 4
+
+
+def test_a_tapering_organ_gets_a_box_narrowed_as_the_last_step_shrank():
+    """Slice 4: 20 x 20, slice 5: 18 x 18 (area x 0.81), slice 6: 16 x 16 beside a bright strip at row 20 that the
+    slice-5 mask's box (rows and columns 20-39) still holds. Narrowed by sqrt(0.81) = 0.9 about its centre
+    (21-38), the box leaves the strip out."""
+    image = torch.zeros(1, 64, 64, 10)
+    for z, (lo, hi) in {4: (20, 40), 5: (21, 39), 6: (22, 38)}.items():
+        image[0, lo:hi, lo:hi, z] = 1.0
+    image[0, 19:21, 19:41, 6] = 1.0
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    seed = [PropagationSeed(1, 4, (20.0, 20.0, 39.0, 39.0))]
+    plain, reached = propagate(segmenter, image, seed, taper=None, max_shift=None)
+    narrowed, reached_narrowed = propagate(segmenter, image, seed, taper=0.7, max_shift=None)
+    assert reached == reached_narrowed == {1: [4, 5, 6]}
+    assert plain[0, 20, 20:40, 6].eq(1).all()  # the strip joins the mask
+    assert narrowed[0, 20, :, 6].eq(0).all() and narrowed[0, 22:38, 22:38, 6].eq(1).all()
+    assert torch.equal(plain[..., :6], narrowed[..., :6])  # nothing shrank before slice 6
 
 
 def test_a_3d_box_keeps_every_propagated_box_inside_it():
@@ -171,6 +189,8 @@ def test_the_inferer_propagates_the_seeds_in_the_meta_and_reports_the_slices():
 @pytest.mark.parametrize("kwargs,message", [
     ({"max_growth": -0.5}, "max_growth must be >= 0"),
     ({"max_shift": 0.0}, "max_shift must be > 0"),
+    ({"taper": 0.0}, r"taper must be in \(0, 1\]"),
+    ({"taper": 1.5}, r"taper must be in \(0, 1\]"),
 ])
 def test_stopping_rule_refusals(kwargs, message):
     with pytest.raises(ValueError, match=message):

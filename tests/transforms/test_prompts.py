@@ -88,6 +88,12 @@ def test_refusals_name_the_problem(kwargs, data, error, message):
     assert message in str(raised.value)
 
 
+def test_a_model_dependent_refusal_names_the_checkpoint():
+    transform = AttachPromptsd(labels=LABELS, prompt_mode="auto", checkpoint="/models/model.pt")
+    with pytest.raises(RequestError, match=r"^/models/model.pt: prompt_mode 'auto'"):
+        transform({"image": _image()})
+
+
 def test_an_roi_without_the_models_labels_is_refused():
     with pytest.raises(InputFileError, match=r"the ROI holds none of the model's labels \[1, 2\]"):
         AttachPromptsd(labels=LABELS)({"image": _image(), "label": MetaTensor(torch.zeros(1, 20, 30, 4))})
