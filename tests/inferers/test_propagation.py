@@ -99,7 +99,8 @@ def test_growth_before_the_largest_slice_does_not_stop_the_propagation():
     image[0, 13:33, 6:24, 5] = 1.0  # fills its box: 16 x 16 against the key slice's 14 x 14
     segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
     seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
-    assert propagate(segmenter, image, seed, max_growth=0.1, max_shift=None)[1][1][-1] == 5
+    # slice 6 is then ended by the overlap rule at 0.7 (its mask overlaps slice 5's by less), not by growth
+    assert propagate(segmenter, image, seed, max_growth=0.1, max_shift=None, min_overlap=0.7)[1][1][-1] == 5
 
 
 def test_a_mask_on_another_tissue_stops_the_propagation():
