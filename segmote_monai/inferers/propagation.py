@@ -22,20 +22,20 @@ or at the end of the range. Every slice is encoded at most once, whatever the nu
 given per slice beside the seeds. Where two structures' masks overlap, the segmenter's ``overlap`` rule decides,
 as for per-slice boxes (:func:`~segmote_monai.inferers.slices.merge_masks`).
 
-How the defaults were chosen (shipped checkpoint, seed: each organ's largest slice and its tight box):
-``margin=0`` and ``min_overlap=0.7`` (since lowered, below) on CHAOS patient 10 (wider margins let the boxes grow from slice to slice;
-without the overlap rule every organ ran through all 36 slices); ``max_growth=0.1`` and ``max_shift=2`` on
-patients 02, 01, 03 and 05 (key-slice seeds: mean 3D Dice 0.825 against 0.781 without them; 3D boxes: 0.785
-against 0.786, and 0.757 had the growth rule applied to them, an exploratory run whose script was not kept;
-BENCHMARKS.md, section ``propagation_tuning``). Held-out figures: section ``propagation``. The remaining loss is
-where an organ tapers: the previous mask's box is then too large for the next slice and the model fills it.
-Re-prompting each slice with its own mask's box (once or twice) did not tighten it: 0.771 and 0.758 on the tuning
-patients against 0.806 (exploratory runs of an option since removed; not reproducible from the repository).
-Narrowing the box where the organ tapers did: ``taper=0.7`` with ``min_overlap=0.6``, chosen on the same four
-patients among min_overlap 0.3-0.7 and narrowing by the square root of the area ratio or by the ratio itself (the
-latter cut organs short: 0.761), gives key-slice seeds 0.857 against 0.825 and 3D boxes 0.833 against 0.785 (the
-previous defaults); BENCHMARKS.md, section ``propagation_taper``. The floor rarely binds (0.7 and 0.85 scored the
-same) and min_overlap 0.6 is a narrow optimum on four patients (0.5: 0.839, 0.7: 0.836 with the narrowing).
+How the defaults were chosen (shipped checkpoint, seed: each organ's largest slice and its tight box): ``margin=0``
+and ``min_overlap=0.7`` (since lowered, below) on CHAOS patient 10 (wider margins let the boxes grow from slice to
+slice; without the overlap rule every organ ran through all 36 slices); ``max_growth=0.1`` and ``max_shift=2`` on
+patients 02, 01, 03 and 05 (key-slice seeds: mean 3D Dice 0.825 against 0.781 without them; 3D boxes: 0.785 against
+0.786, and 0.757 had the growth rule applied to them, an exploratory run whose script was not kept; BENCHMARKS.md,
+section ``propagation_tuning``). Held-out figures: section ``propagation``. The remaining loss is where an organ
+tapers: the previous mask's box is then too large for the next slice and the model fills it. Re-prompting each slice
+with its own mask's box (once or twice) did not tighten it: 0.771 and 0.758 on the tuning patients against 0.806
+(exploratory runs of an option since removed; not reproducible from the repository). Narrowing the box where the
+organ tapers did: ``taper=0.7`` with ``min_overlap=0.6``, chosen on the same four patients among min_overlap 0.3-0.7
+and narrowing by the square root of the area ratio or by the ratio itself (the latter cut organs short: 0.761),
+gives key-slice seeds 0.857 against 0.825 and 3D boxes 0.833 against 0.785 (the previous defaults); BENCHMARKS.md,
+section ``propagation_taper``. The floor rarely binds (0.7 and 0.85 scored the same) and min_overlap 0.6 is a narrow
+optimum on four patients (0.5: 0.839, 0.7: 0.836 with the narrowing).
 """
 
 from __future__ import annotations
