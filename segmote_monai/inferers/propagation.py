@@ -36,11 +36,11 @@ and narrowing by the square root of the area ratio or by the ratio itself (the l
 exploratory run whose script was not kept),
 gives key-slice seeds 0.857 against 0.825 and 3D boxes 0.833 against 0.785 (the previous defaults); BENCHMARKS.md,
 section ``propagation_taper``. The floor rarely binds (0.7 and 0.85 scored the same) and min_overlap 0.6 is a narrow
-optimum on four patients (0.5: 0.839, 0.7: 0.836 with the narrowing). Two further exploratory runs on the same
-patients (scripts not kept) did not beat it: narrowing to the box of the previous mask's core eroded by the same
-amount (thin parts end first), 0.834 key-slice / 0.826 3D; and on patient 02 several candidate boxes per slice
-(the narrowed box's four corners, or its four sides) decoded at once and chosen by the predicted IoU, 0.838 and 0.739
-against 0.816, at three to five times the decoder's work, which the 1.15x time budget does not allow.
+optimum on four patients (0.5: 0.839, 0.7: 0.836 with the narrowing). Two further exploratory runs (scripts not
+kept): narrowing to the box of the previous mask's core, eroded by the same amount (thin parts end first), scored
+0.834 key-slice / 0.826 3D on the four patients, worse; several candidate boxes per slice decoded at once and chosen
+by the predicted IoU, tried on patient 02 alone, scored 0.838 (the narrowed box's four corners; 3D 0.799) and 0.739
+(its four sides) against 0.816 (3D 0.816), at three to five times the decoder's work, beyond the 1.15x time budget.
 """
 
 from __future__ import annotations
