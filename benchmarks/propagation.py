@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--shifts", nargs="+", type=_optional, default=[None, 2.0], help="max_shift (none: off)")
     parser.add_argument("--tapers", nargs="+", type=_optional, default=[None, 0.7],
                         help="taper: the narrowest a box is made where the organ tapers (none: off)")
+    parser.add_argument("--follows", nargs="+", type=_optional, default=[None],
+                        help="follow: how far each box edge continues its mask's last step (none: off)")
     parser.add_argument("--cache_dir", default=None,
                         help="keep the slices' encodings here between runs (default: a temporary folder)")
     parser.add_argument("--timing", action="store_true", help="also time propagation against the model's compute")
@@ -158,14 +160,16 @@ def main(argv: list[str] | None = None) -> str:
             rows.append(f"| {case} | a 3D box per organ (on every slice it spans) | "
                         + " | ".join(f"{d:.3f}" for d in scores) + f" | {np.mean(scores):.3f} | - "
                         f"| {time.perf_counter() - start:.0f} |")
-            for margin, overlap, growth, shift, taper in itertools.product(args.margins, args.overlaps, args.growths,
-                                                                           args.shifts, args.tapers):
+            for margin, overlap, growth, shift, taper, follow in itertools.product(
+                    args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows):
                 extra = "".join(f", {name} {value:g}" for name, value in (("max_growth", growth), ("max_shift", shift),
-                                                                          ("taper", taper)) if value is not None)
+                                                                          ("taper", taper), ("follow", follow))
+                                if value is not None)
                 for kind, seeds in (("key slice", seeds_of(label)), ("3D box, propagated", seeds_3d(label))):
                     start = time.perf_counter()
                     pred, reached = propagate(segmenter, image, seeds, margin=margin, min_overlap=overlap,
-                                              max_growth=growth, max_shift=shift, taper=taper)
+                                              max_growth=growth, max_shift=shift, taper=taper,
+                                              follow=follow)
                     scores = [dice(pred, label, c) for c in ORGANS]
                     span = ", ".join(f"{len(reached.get(c, []))}/{on[c]}" for c in ORGANS)
                     rows.append(f"| {case} | {kind}, margin {margin:g}, min_overlap {overlap:g}{extra} | "

@@ -98,7 +98,9 @@ class Context:
             self.tag += f"_{epochs}x{samples}"
         if args.learning_rate != DEFAULT_LR:
             self.tag += f"_lr{args.learning_rate:g}"
-        self.seeds = list(range(args.seeds or (1 if quick else 3)))
+        self.seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (1 if quick else 3))))
+        # the sections of a run that leaves out seed 0 say so: they do not replace those that hold it
+        self.section_tag = self.tag + (f"_seed{args.first_seed}" if args.first_seed else "")
         self.cache = shared_cache(self.work, zero_shot_model())
         # evaluations under another overlap rule get their own folder: the default's stay as they are
         self.evals = self.work / ("eval" if args.overlap == "smaller" else f"eval_{args.overlap}")
@@ -172,7 +174,7 @@ def run_main(ctx: Context) -> None:
             log(f"evaluating {name} seed {seed}")
             results.add(name, seed, ctx.evaluate(model, everything, f"{name}{ctx.tag}_seed{seed}",
                                                  recorder=recorder if model is routed_model else None))
-    (ctx.evals / f"main{ctx.tag}_results.json").write_text(json.dumps(results.summaries, indent=1, default=str))
+    (ctx.evals / f"main{ctx.section_tag}_results.json").write_text(json.dumps(results.summaries, indent=1, default=str))
 
     minutes = {n: np.mean([s["seconds"] for s in v]) / 60 for n, v in stats.items()}
     recipes = "; ".join(f"**{MODEL_NAMES[n]}**: {RECIPES[n].description}"
@@ -218,10 +220,10 @@ Per class, mean over cases and seeds:
 
 {targets(results, ctx)}
 """
-    write_section(args.out, f"accuracy{ctx.tag}", body)
+    write_section(args.out, f"accuracy{ctx.section_tag}", body)
     if recorder is not None:
         text, shares, _ = routing_tables(recorder, ctx.titles())
-        png = REPO / "benchmarks" / "figures" / f"routing{ctx.tag}{'_quick' if args.quick else ''}.png"
+        png = REPO / "benchmarks" / "figures" / f"routing{ctx.section_tag}{'_quick' if args.quick else ''}.png"
         routing_heatmap(shares, png, title="SegMoTE expert use on the test prompts (G-weighted clean gates)")
         routing = f"""## Routing: do experts specialise?{loss}
 
@@ -242,7 +244,7 @@ heatmap of each epoch is an MLflow artifact, `routing/routing_epoch_<n>.png`):
 
 {epoch_routing(ctx.work / "runs" / f"segmote{ctx.tag}_seed{ctx.seeds[0]}" / "train.log")}
 """
-        write_section(args.out, f"routing{ctx.tag}", routing)
+        write_section(args.out, f"routing{ctx.section_tag}", routing)
     log(f"accuracy and routing written to {args.out}")
 
 
@@ -309,7 +311,8 @@ def run_loo(ctx: Context) -> None:
             run = train(RECIPES[name], ctx.paths(kept), budget=ctx.budget, seed=seed,
                         out_dir=ctx.work / "runs" / f"loo_{fold}_{name}{ctx.tag}_seed{seed}",
                         cache_dir=ctx.work / "cache", log=log)
-            res.add(name, seed, ctx.evaluate(load_model(run["checkpoint"]), tests, f"loo_{fold}_{name}{ctx.tag}"))
+            res.add(name, seed, ctx.evaluate(load_model(run["checkpoint"]), tests,
+                                             f"loo_{fold}_{name}{ctx.tag}_seed{seed}"))
     lines = ["| left out | test set | setting | zero-shot | SegMoTE | fine-tuned decoder | SegMoTE - zero-shot | "
              "fine-tuned - zero-shot |", "|---|---|---|---:|---:|---:|---:|---:|"]
     kept_all = []
@@ -335,7 +338,7 @@ def run_loo(ctx: Context) -> None:
 Worst difference to zero-shot over these sets and settings: SegMoTE {worst[0]:+.3f}, fine-tuned decoder {worst[1]:+.3f}
 (target: SegMoTE >= zero-shot - 0.01 on every set, tight and ±10%: **{'met' if worst[0] >= -0.01 else 'missed'}**).
 """
-    write_section(args.out, f"loo{ctx.tag}", body)
+    write_section(args.out, f"loo{ctx.section_tag}", body)
     log(f"leave-one-out written to {args.out}")
 
 
@@ -399,7 +402,7 @@ Target: prompt-free within 0.05 of its in-domain figure on a set from another so
 held-out normal images, {outside['mean']:.3f} on all tuberculosis images ({gap:+.3f}):
 **{'met' if gap >= -0.05 else 'missed'}**.
 """
-    write_section(args.out, f"shift{ctx.tag}", body)
+    write_section(args.out, f"shift{ctx.section_tag}", body)
     log(f"shift written to {args.out}")
 
 
@@ -415,7 +418,7 @@ def run_ablations(ctx: Context) -> None:
                     out_dir=ctx.work / "runs" / f"{recipe.name}{ctx.tag}_seed{seed}",
                     cache_dir=ctx.work / "cache", log=log)
         model = load_model(run["checkpoint"])
-        results.add(recipe.name, seed, ctx.evaluate(model, everything, recipe.name + ctx.tag))
+        results.add(recipe.name, seed, ctx.evaluate(model, everything, f"{recipe.name}{ctx.tag}_seed{seed}"))
         rows.append((recipe, run, token_cosine(model)))
     header = ("| configuration | " + " | ".join(d.name for d in everything.values())
               + " | in-domain mean tight | ±10% | ACDC myocardium tight | prompt-free mean | minutes |")
@@ -443,7 +446,7 @@ def run_ablations(ctx: Context) -> None:
 
 {chr(10).join(lines)}
 """
-    write_section(args.out, f"ablations{ctx.tag}", body)
+    write_section(args.out, f"ablations{ctx.section_tag}", body)
     log(f"ablations written to {args.out}")
 
 
@@ -487,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks")
     parser.add_argument("--out", type=Path, default=None, help="default BENCHMARKS.md (quick: the work dir's)")
-    parser.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default 3; quick 1)")
+    parser.add_argument("--seeds", type=int, default=None, help="how many training seeds (default 3; quick 1)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first training seed: seeds first..first+N-1 (default 0)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_LR)

@@ -130,6 +130,32 @@ def test_a_tapering_organ_gets_a_box_narrowed_as_the_last_step_shrank():
     assert torch.equal(plain[..., :6], narrowed[..., :6])  # nothing shrank before slice 6
 
 
+def test_follow_moves_each_box_edge_on_as_its_mask_edge_moved_the_step_before():
+    """The organ keeps its left edge and loses 2 columns on the right each slice (columns 10 to 40, 38, 36, ...).
+    Each box is the previous mask's box plus one pixel (margin 0); with ``follow`` its right edge also moves in by
+    the 2 columns the last step took, from the second step on (the first has no step before it)."""
+    image = torch.zeros(1, 64, 64, 10)
+    for z in range(2, 7):
+        image[0, 20:41, 10:41 - 2 * (z - 2), z] = 1.0
+    model = ObjectInBox()
+    boxes = []
+    predict = model.predict
+    model.predict = lambda **kw: boxes.append(kw["boxes"][0].tolist()) or predict(**kw)
+    seed = [PropagationSeed(1, 2, (10.0, 20.0, 40.0, 40.0), first=2, last=6)]
+    off = {"max_growth": None, "max_shift": None, "taper": None}
+    propagate(SliceSegmenter(model, backbone="tiny"), image, seed, **off)
+    assert [b[2] for b in boxes] == [40, 41, 39, 37, 35]  # one slice behind: 2 columns more than the organ
+    boxes.clear()
+    labels, reached = propagate(SliceSegmenter(model, backbone="tiny"), image, seed, follow=1.0, **off)
+    assert [b[2] for b in boxes] == [40, 41, 37, 35, 33] and [b[0] for b in boxes] == [10, 9, 9, 9, 9]
+    assert reached == {1: [2, 3, 4, 5, 6]}
+    assert torch.equal(labels[0] == 1, image[0] > 0.5)
+    boxes.clear()
+    propagate(SliceSegmenter(model, backbone="tiny"), image, seed, follow=1.0, **{**off, "taper": 0.95})
+    # the floor: each side at least 0.95 of the unmoved box's (30, 28, 26 columns), kept about the moved centre
+    assert [b[2] - b[0] for b in boxes[2:]] == pytest.approx([28.5, 26.6, 24.7])
+
+
 def test_a_3d_box_keeps_every_propagated_box_inside_it():
     image = _volume()
     for z in range(2, 7):
@@ -192,6 +218,8 @@ def test_the_inferer_propagates_the_seeds_in_the_meta_and_reports_the_slices():
     ({"max_shift": 0.0}, "max_shift must be > 0"),
     ({"taper": 0.0}, r"taper must be in \(0, 1\]"),
     ({"taper": 1.5}, r"taper must be in \(0, 1\]"),
+    ({"follow": -0.5}, r"follow must be in \[0, 1\]"),
+    ({"follow": 2.0}, r"follow must be in \[0, 1\]"),
 ])
 def test_stopping_rule_refusals(kwargs, message):
     with pytest.raises(ValueError, match=message):
