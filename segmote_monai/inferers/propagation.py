@@ -67,13 +67,16 @@ from segmote_monai.transforms.prompts import PropagationSeed
 __all__ = ["PropagationSeed", "propagate"]
 
 
-def _next_box(mask: torch.Tensor, margin: float, bounds: Sequence[float] | None = None
-              ) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = box_of_mask(mask).tolist()
+def _clipped(box: Sequence[float], limits: Sequence[float]) -> tuple[float, float, float, float]:
+    """``box`` kept inside ``limits`` (both ``x0, y0, x1, y1``)."""
+    return max(limits[0], box[0]), max(limits[1], box[1]), min(limits[2], box[2]), min(limits[3], box[3])
+
+
+def _next_box(mask_box: Sequence[float], margin: float, limits: Sequence[float]) -> tuple[float, float, float, float]:
+    """The previous mask's box ``mask_box`` widened by ``margin`` of its size (at least a pixel), inside ``limits``."""
+    x0, y0, x1, y1 = mask_box
     dx, dy = max(1.0, margin * (x1 - x0 + 1)), max(1.0, margin * (y1 - y0 + 1))
-    h, w = mask.shape
-    lo_x, lo_y, hi_x, hi_y = bounds if bounds is not None else (0.0, 0.0, w - 1.0, h - 1.0)
-    return max(lo_x, x0 - dx), max(lo_y, y0 - dy), min(hi_x, x1 + dx), min(hi_y, y1 + dy)
+    return _clipped((x0 - dx, y0 - dy, x1 + dx, y1 + dy), limits)
 
 
 def _followed(box: Sequence[float], last: Sequence[float], before: Sequence[float], follow: float,
@@ -163,18 +166,16 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
             continue
         reached[seed.slice] = key if seed.slice not in reached else torch.maximum(reached[seed.slice], key)
         seen.add(seed.slice)
+        limits = seed.box if seed.within_box else (0.0, 0.0, hw[1] - 1.0, hw[0] - 1.0)
         key_values = slices[seed.slice].float().mean(0)[key > 0]
         key_mean, key_std = float(key_values.mean()), float(key_values.std()) if len(key_values) > 1 else 0.0
         for step in (-1, 1):
             previous, z, shrinking, before, before_box = key > 0, seed.slice + step, False, None, None
-            previous_area = int(previous.sum())
+            previous_area, previous_box = int(previous.sum()), box_of_mask(key > 0).tolist()
             while first <= z <= last:
-                bounds = seed.box if seed.within_box else None
-                box = _next_box(previous, margin, bounds)
+                box = _next_box(previous_box, margin, limits)
                 if follow is not None and before_box is not None:
-                    box = _followed(box, box_of_mask(previous).tolist(), before_box, follow, taper or 0.0)
-                    lo_x, lo_y, hi_x, hi_y = bounds if bounds is not None else (0.0, 0.0, hw[1] - 1.0, hw[0] - 1.0)
-                    box = (max(lo_x, box[0]), max(lo_y, box[1]), min(hi_x, box[2]), min(hi_y, box[3]))
+                    box = _clipped(_followed(box, previous_box, before_box, follow, taper or 0.0), limits)
                 elif taper is not None and before is not None and previous_area < before:
                     # the organ narrows: expect the next slice to shrink as the last step did (in length, the
                     # square root of the area ratio), or the model fills the previous, too large box
@@ -195,7 +196,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                         break
                 reached[z] = current if z not in reached else torch.maximum(reached[z], current)
                 seen.add(z)
-                before_box = box_of_mask(previous).tolist()
+                before_box, previous_box = previous_box, box_of_mask(mask).tolist()
                 before, previous, previous_area, z = previous_area, mask, area, z + step
     labels = torch.zeros(count, 1, *hw, dtype=torch.uint8 if max([0, *logits]) < 256 else torch.int32)
     for z in range(count):
