@@ -175,7 +175,11 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
             while first <= z <= last:
                 box = _next_box(previous_box, margin, limits)
                 if follow is not None and before_box is not None:
-                    box = _clipped(_followed(box, previous_box, before_box, follow, taper or 0.0), limits)
+                    followed = _clipped(_followed(box, previous_box, before_box, follow, taper or 0.0), limits)
+                    # an edge that moved by more than the box's width leaves it inverted (outside a 3D box) or
+                    # under a pixel wide: no prompt for the model, which then keeps the unfollowed box
+                    if min(followed[2] - followed[0], followed[3] - followed[1]) >= 1:
+                        box = followed
                 elif taper is not None and before is not None and previous_area < before:
                     # the organ narrows: expect the next slice to shrink as the last step did (in length, the
                     # square root of the area ratio), or the model fills the previous, too large box

@@ -156,6 +156,27 @@ def test_follow_moves_each_box_edge_on_as_its_mask_edge_moved_the_step_before():
     assert [b[2] - b[0] for b in boxes[2:]] == pytest.approx([28.5, 26.6, 24.7])
 
 
+def test_a_followed_box_that_would_invert_inside_a_3d_box_falls_back_to_the_unfollowed_box():
+    """Slice 2 fills the 3D box's columns 0-30; slices 3 and 4 keep only columns 28-30. Following the left edge's
+    step of 28 columns would put it past the box's right side (an inverted box): the unfollowed box is used."""
+    image = torch.zeros(1, 64, 64, 6)
+    image[0, 20:41, 0:31, 2] = 1.0
+    image[0, 20:41, 28:31, 3:5] = 1.0
+    model = ObjectInBox()
+    boxes = []
+    predict = model.predict
+    model.predict = lambda **kw: boxes.append(kw["boxes"][0].tolist()) or predict(**kw)
+    seed = [PropagationSeed(1, 2, (0.0, 20.0, 30.0, 40.0), first=2, last=4, within_box=True)]
+    off = {"min_overlap": 0.0, "max_growth": None, "max_shift": None}
+    for taper in (None, 0.7):
+        boxes.clear()
+        labels, reached = propagate(SliceSegmenter(model, backbone="tiny"), image, seed, follow=1.0, taper=taper, **off)
+        assert reached == {1: [2, 3, 4]}
+        assert torch.equal(labels[0] == 1, image[0] > 0.5)
+        assert all(x1 - x0 >= 1 and y1 - y0 >= 1 for x0, y0, x1, y1 in boxes)
+        assert boxes[-1] == [27.0, 20.0, 30.0, 40.0]  # slice 3's mask box plus a pixel, inside the 3D box
+
+
 def test_a_3d_box_keeps_every_propagated_box_inside_it():
     image = _volume()
     for z in range(2, 7):
