@@ -4,9 +4,11 @@ For each checkpoint and patient: the class-conditioned prompt-free label map (ev
 slice; checkpoints trained with ``class_prompts``), and a box on every slice from the label, tight and with each
 side moved by up to 10% (seed 0), without and (class-conditioned checkpoints) with each box's class. 3D Dice on
 the label map; for the automatic rows also, per organ, the slices without it in the reference where it was
-predicted (false-positive slices) and the slices with it where nothing was predicted.
+predicted (false-positive slices) and the slices with it where nothing was predicted. ``automatic, propagated``:
+one seed per organ from the prompt-free masks (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`), propagated
+with ``propagate``'s defaults, what the bundle's ``prompt_mode auto`` does on a volume (``auto_propagate``).
 
-    python benchmarks/auto.py --checkpoints bundle/models/model.pt [--write]
+    python benchmarks/auto.py --checkpoints bundle/models/model.pt [--write [--section NAME]]
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from common import REPO, provenance, write_section
 from monai.transforms import Compose
 
 from segmote_monai.data.cache import EmbeddingCache
-from segmote_monai.inferers import SliceSegmenter, prompts_from_label
+from segmote_monai.inferers import SliceSegmenter, prompts_from_label, propagate
+from segmote_monai.inferers.auto_seeds import auto_seeds
 from segmote_monai.networks import build_from_checkpoint
 from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
 
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--cache_dir", default=None,
                         help="keep the encoder's outputs here (default: a temporary folder)")
     parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
+    parser.add_argument("--section", default="automatic", help="the section's name in BENCHMARKS.md")
+    parser.add_argument("--title", default="Automatic multi-class segmentation and class-aware boxes (issue 11)")
     args = parser.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.checkpoints):
         parser.error(f"--names gives {len(args.names)} names for {len(args.checkpoints)} checkpoints")
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> str:
                 if model.class_conditioned:
                     auto = {"auto_classes": list(ORGANS)}
                     runs.append(("automatic (no prompt)", None, auto))
+                    runs.append(("automatic, propagated", None, {"propagated": True}))
                     if model.presence is not None:
                         runs.append(("automatic (no prompt), presence head off", None,
                                      {**auto, "auto_presence": False}))
@@ -94,7 +100,15 @@ def main(argv: list[str] | None = None) -> str:
                         runs.append((f"{kind} on every slice + class", prompts, {"class_boxes": True}))
                 for kind, prompts, options in runs:
                     start = time.perf_counter()
-                    pred = segmenter(image, prompts, **options)
+                    if options.get("propagated"):
+                        seeds = auto_seeds(segmenter, image, list(ORGANS))
+                        pred, _ = propagate(segmenter, image, seeds)
+                        largest = {c: int((label[0] == c).sum(dim=(0, 1)).argmax()) for c in ORGANS}
+                        print(f"{case} seeds: " + ", ".join(
+                            f"{ORGANS[s.class_id]} slice {s.slice} (reference's largest {largest[s.class_id]})"
+                            for s in seeds), flush=True)
+                    else:
+                        pred = segmenter(image, prompts, **options)
                     if prompts is None:
                         counts = [slice_errors(pred, label, c) for c in ORGANS]
                         errors.append(f"| {name} | {case} | {kind} | " + " | ".join(
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> str:
                     print(rows[-1], flush=True)
     summary = ["| checkpoint | prompts | mean over patients |", "|---|---|---:|"] + [
         f"| {name} | {kind} | {np.mean(values):.3f} |" for (name, kind), values in means.items()]
-    section = ("## Automatic multi-class segmentation and class-aware boxes (issue 11)\n\n" + provenance(seed=0)
+    section = (f"## {args.title}\n\n" + provenance(seed=0)
                + f"\n\nCHAOS T2 patients {', '.join(args.cases)} (held out from every checkpoint's training); 3D Dice "
                "on the label map (overlaps: the smaller mask wins). Automatic: every organ asked for on every slice "
                "by the class-conditioned PPT; where the checkpoint has a presence head, a class it finds absent "
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> str:
                     "and slices with it where nothing was predicted (missed).\n\n" + "\n".join(errors) + "\n")
     print(section)
     if args.write:
-        write_section(REPO / "BENCHMARKS.md", "automatic", section)
+        write_section(REPO / "BENCHMARKS.md", args.section, section)
     return section
 
 

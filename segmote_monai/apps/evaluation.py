@@ -78,7 +78,8 @@ class BundleEvaluation:
             zero_shot_like(network)}``, ``{}`` none.
         prompt_free: also score the network with no prompt: PPT on a binary task, or, for a model trained with
             class-conditioned PPT (``class_prompts``), every class asked for on every slice (automatic
-            multi-class segmentation). ``None``: whenever the network can.
+            multi-class segmentation per slice; the inference's ``auto_propagate``, seeds propagated through the
+            volume, is scored by ``benchmarks/auto.py``). ``None``: whenever the network can.
         overlap: the label map's rule where two classes' masks overlap
             (:func:`~segmote_monai.inferers.merge_masks`).
         class_boxes: give the network each box's class (class-aware prompts; a class-conditioned model only).

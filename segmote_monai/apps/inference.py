@@ -96,6 +96,9 @@ class BundleInference:
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         auto_presence: ``prompt_mode="auto"`` with a presence head: no mask for a class on a slice where the head
             finds it absent.
+        auto_propagate: ``prompt_mode="auto"`` with a class-conditioned model on a volume: one automatic seed per
+            class, propagated with ``propagation`` (the sidecar lists the slices each reached), rather than every
+            slice's prompt-free masks.
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, each prompt-free on every slice).
@@ -122,6 +125,7 @@ class BundleInference:
         propagation: dict[str, Any] | None = None,
         class_boxes: bool = False,
         auto_presence: bool = True,
+        auto_propagate: bool = True,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -137,7 +141,7 @@ class BundleInference:
         self.inferer = PromptedSliceInferer(backbone=backbone, cache=cache, batch_size=slice_batch_size,
                                             overlap=overlap, prompt_free_class=min(self.labels),
                                             auto_classes=sorted(self.labels) if network.class_conditioned else None,
-                                            auto_presence=auto_presence,
+                                            auto_presence=auto_presence, auto_propagate=auto_propagate,
                                             class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)

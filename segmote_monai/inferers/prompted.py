@@ -16,6 +16,7 @@ from monai.inferers import Inferer
 
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.errors import RequestError
+from segmote_monai.inferers.auto_seeds import auto_seeds
 from segmote_monai.inferers.propagation import propagate
 from segmote_monai.inferers.slices import SliceSegmenter, check_options
 from segmote_monai.networks.segmote import SegMoTE
@@ -33,7 +34,10 @@ class PromptedSliceInferer(Inferer):
         auto_classes: the classes a class-conditioned model segments prompt-free (automatic multi-class
             segmentation); None or empty: one prompt-free foreground, ``prompt_free_class``.
         auto_presence: with ``auto_classes``, empty a class's mask on the slices where the model's presence head
-            finds it absent (models with a presence head).
+            finds it absent (models with a presence head; per-slice automatic segmentation only).
+        auto_propagate: with ``auto_classes``, segment a volume (more than one slice) from one automatic seed per
+            class, propagated (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`), rather than from every
+            slice's prompt-free masks.
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
@@ -45,8 +49,8 @@ class PromptedSliceInferer(Inferer):
 
     def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
                  overlap: str = "smaller", prompt_free_class: int = 1, auto_classes: Sequence[int] | None = None,
-                 auto_presence: bool = True, class_boxes: bool = False, ppt_beside_boxes: bool = False,
-                 propagation: dict[str, Any] | None = None) -> None:
+                 auto_presence: bool = True, auto_propagate: bool = True, class_boxes: bool = False,
+                 ppt_beside_boxes: bool = False, propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_options(batch_size=batch_size, overlap=overlap)
         self.backbone = backbone
@@ -56,6 +60,7 @@ class PromptedSliceInferer(Inferer):
         self.prompt_free_class = prompt_free_class
         self.auto_classes = [int(c) for c in auto_classes or []]
         self.auto_presence = bool(auto_presence)
+        self.auto_propagate = bool(auto_propagate)
         self.class_boxes = bool(class_boxes)
         self.ppt_beside_boxes = ppt_beside_boxes
         self.propagation = dict(propagation or {})
@@ -82,6 +87,10 @@ class PromptedSliceInferer(Inferer):
             if self.ppt_beside_boxes:
                 raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
             labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, **self.propagation)
+        elif prompts is None and self.auto_classes and self.auto_propagate and image.ndim == 4 and image.shape[-1] > 1:
+            embeddings: dict[int, torch.Tensor] = {}  # each slice encoded once, for the seeds and the walks
+            found = auto_seeds(segmenter, image, self.auto_classes, embeddings=embeddings)
+            labels, self.last_reached = propagate(segmenter, image, found, embeddings=embeddings, **self.propagation)
         elif prompts is None and self.auto_classes:
             labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence)
         else:

@@ -104,13 +104,15 @@ def _narrowed(box: Sequence[float], scale: float) -> tuple[float, float, float, 
 def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[PropagationSeed], *,
               margin: float = 0.0, min_overlap: float = 0.6, min_pixels: int = 1, min_iou: float = 0.0,
               max_growth: float | None = 0.1, max_shift: float | None = 2.0, taper: float | None = 0.7,
-              follow: float | None = None, prompts: SlicePrompts | None = None
-              ) -> tuple[torch.Tensor, dict[int, list[int]]]:
+              follow: float | None = None, prompts: SlicePrompts | None = None,
+              embeddings: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Label map [1, H, W, S] of ``image`` ([C, H, W, S], oriented, in [0, 1]) from one seed per structure, and,
     per seeded class, the slices its propagation reached (sorted; empty where the key slice's mask was).
 
     ``prompts``: boxes given per slice (``(boxes [K, 4], class_ids [K])`` per slice, as :class:`SliceSegmenter`
     takes them) for structures that are not propagated; segmented on their slices and merged with the rest.
+    ``embeddings``: slice index -> [1, D, h, w] encoder outputs already computed (by
+    :func:`~segmote_monai.inferers.auto_seeds.auto_seeds`); used, and filled with the slices encoded here.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -130,7 +132,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
     count, hw = len(slices), tuple(slices.shape[-2:])
     model = segmenter.model.eval()
     device = next(model.decoder.parameters()).device
-    embeddings: dict[int, torch.Tensor] = {}
+    embeddings = {} if embeddings is None else embeddings
 
     if prompts is not None and len(prompts) != count:
         raise ValueError(f"prompts for {len(prompts)} slices, the image has {count}")

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from segmote_monai.inferers import PromptedSliceInferer, SliceSegmenter
+from segmote_monai.inferers.auto_seeds import auto_seeds, largest_component
+from segmote_monai.transforms.prompts import PROMPTS_META_KEY
+
+ORGAN_VALUES = {1: 1.0, 2: 0.7}
+
+
+def _volume() -> torch.Tensor:
+    """[1, 64, 64, 10]: organ 1 (intensity 1.0) on slices 2-6, organ 2 (0.7) on slices 5-8, apart in the plane."""
+    image = torch.zeros(1, 64, 64, 10)
+    image[0, 10:24, 8:22, 2:7] = ORGAN_VALUES[1]
+    image[0, 34:46, 40:50, 5:9] = ORGAN_VALUES[2]
+    return image
+
+
+class ClassFinder(torch.nn.Module):
+    """A stand-in class-conditioned SegMoTE. Prompt-free, class ``c`` gets a confident mask (logit 3) on the pixels
+    of its intensity and, on every slice, a faint one (logit 0.2) on a decoy strip: the false positives of the real
+    model on slices without the organ. With a box: the bright pixels inside it (logit 1)."""
+
+    img_size = 64
+    class_conditioned = True
+    ppt = True  # prompt-free use allowed
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = torch.nn.Linear(1, 1)
+        self.encoded = 0
+
+    def embed_images(self, images):
+        self.encoded += len(images)
+        return images[:, :1]
+
+    def predict(self, *, image_embeddings, boxes=None, image_index=None, class_ids=None):
+        if boxes is not None:
+            masks = -torch.ones(len(boxes), 1, 64, 64)
+            for row, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+                inside = torch.zeros(64, 64, dtype=torch.bool)
+                inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+                masks[row, 0][inside & (image_embeddings[0, 0] > 0.5)] = 1.0
+            return SimpleNamespace(masks=masks, iou_predictions=torch.ones(len(boxes), 1))
+        masks = -torch.ones(len(class_ids), 1, 64, 64)
+        for row, (i, c) in enumerate(zip(image_index.tolist(), class_ids.tolist())):
+            masks[row, 0, 54:62, 2:12] = 0.2
+            masks[row, 0][(image_embeddings[i, 0] - ORGAN_VALUES[c]).abs() < 0.05] = 3.0
+        return SimpleNamespace(masks=masks, iou_predictions=torch.ones(len(class_ids), 1), presence_logits=None)
+
+
+@pytest.mark.parametrize("pixels,expected", [
+    ([], []),
+    ([(0, 0)], [(0, 0)]),
+    ([(0, 0), (0, 1), (5, 5)], [(0, 0), (0, 1)]),
+    ([(0, 0), (1, 1), (1, 2)], [(1, 1), (1, 2)]),  # diagonal neighbours are apart (4-connected)
+    ([(2, 0), (2, 1), (2, 2), (3, 2), (4, 2), (4, 1), (4, 0), (0, 4)], [(2, 0), (2, 1), (2, 2), (3, 2), (4, 2),
+                                                                        (4, 1), (4, 0)]),  # a U shape
+])
+def test_largest_component(pixels, expected):
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    for y, x in pixels:
+        mask[y, x] = True
+    out = largest_component(mask)
+    assert sorted(map(tuple, torch.nonzero(out).tolist())) == sorted(expected)
+
+
+def test_each_class_seeds_on_a_slice_it_is_on_with_the_box_of_its_confident_part():
+    model = ClassFinder()
+    embeddings: dict[int, torch.Tensor] = {}
+    seeds = auto_seeds(SliceSegmenter(model, backbone="tiny"), _volume(), [1, 2], embeddings=embeddings)
+    assert [(s.class_id, s.slice, s.box) for s in seeds] == [(1, 2, (8.0, 10.0, 21.0, 23.0)),
+                                                            (2, 5, (40.0, 34.0, 49.0, 45.0))]
+    assert sorted(embeddings) == list(range(10)) and model.encoded == 10
+
+
+def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_encodes_each_slice_once():
+    image = MetaTensor(_volume()[None])
+    image.meta[PROMPTS_META_KEY] = None
+    model = ClassFinder()
+    inferer = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2])
+    out = inferer(image, model)[0, 0]
+    truth = torch.zeros(64, 64, 10, dtype=torch.long)
+    truth[_volume()[0] == ORGAN_VALUES[1]] = 1
+    truth[_volume()[0] == ORGAN_VALUES[2]] = 2
+    assert torch.equal(out.long(), truth)  # no decoy strip: the per-slice masks would have it on every slice
+    assert inferer.last_reached == {1: [2, 3, 4, 5, 6], 2: [5, 6, 7, 8]}
+    assert model.encoded == 10
+    per_slice = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_propagate=False)(image, ClassFinder())
+    assert bool((per_slice[0, 0, 54:62, 2:12] > 0).all())
+
+
+def test_a_class_found_nowhere_gets_no_seed():
+    image = _volume()
+    image[image == ORGAN_VALUES[2]] = 0.0
+
+    class Faint(ClassFinder):
+        def predict(self, **kwargs):
+            out = super().predict(**kwargs)
+            if kwargs.get("class_ids") is not None:
+                out.masks[kwargs["class_ids"] == 2] = -1.0  # nothing at all for class 2
+            return out
+
+    seeds = auto_seeds(SliceSegmenter(Faint(), backbone="tiny"), image, [1, 2])
+    assert [s.class_id for s in seeds] == [1]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"classes": []}, "at least one class"),
+    ({"min_area_fraction": 1.5}, r"min_area_fraction must be in \[0, 1\], got 1.5"),
+])
+def test_refusals(kwargs, message):
+    arguments = {"classes": [1], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        auto_seeds(SliceSegmenter(ClassFinder(), backbone="tiny"), _volume(), arguments.pop("classes"), **arguments)
+
+
+def test_a_model_without_class_conditioning_is_refused():
+    model = ClassFinder()
+    model.class_conditioned = False
+    with pytest.raises(ValueError, match="class-conditioned model"):
+        auto_seeds(SliceSegmenter(model, backbone="tiny"), _volume(), [1])
