@@ -99,6 +99,8 @@ class BundleInference:
         auto_propagate: ``prompt_mode="auto"`` with a class-conditioned model on a volume: one automatic seed per
             class, propagated with ``propagation`` (the sidecar lists the slices each reached), rather than every
             slice's prompt-free masks.
+        auto_min_area_fraction: with ``auto_propagate``, the key slice's mask covers at least this fraction of the
+            class's largest mask.
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, each prompt-free on every slice).
@@ -126,6 +128,7 @@ class BundleInference:
         class_boxes: bool = False,
         auto_presence: bool = True,
         auto_propagate: bool = True,
+        auto_min_area_fraction: float = 0.5,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -142,6 +145,7 @@ class BundleInference:
                                             overlap=overlap, prompt_free_class=min(self.labels),
                                             auto_classes=sorted(self.labels) if network.class_conditioned else None,
                                             auto_presence=auto_presence, auto_propagate=auto_propagate,
+                                            auto_min_area_fraction=auto_min_area_fraction,
                                             class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)

@@ -9,11 +9,12 @@ walks from there as from a user's key-slice box: its stopping rule, not the prom
 structure ends.
 
 The key slice of a class: among the slices whose mask covers at least ``min_area_fraction`` of the class's largest
-mask in the volume, the one with the highest mean probability inside its mask. Chosen on CHAOS validation patient
-02 among four rules fixed beforehand (the largest area x mean probability; the highest predicted IoU; the largest
-slice of the largest 3D connected part; the best agreement between the mask and the mask of its own box) with a
-checkpoint trained with ``configs/train_class_prompts.json``; held-out figures in BENCHMARKS.md, section
-``automatic_propagated``.
+mask in the volume, the one with the highest mean probability inside its mask. The best of six rules on CHAOS
+validation patient 02 (the others: the largest area x mean probability; the highest predicted IoU; the largest
+slice of the largest 3D connected part; the best agreement between the mask and its own box's mask, alone or times
+the mean probability), with a checkpoint trained with ``configs/train_class_prompts.json``; the held-out patients'
+figures were printed in the same exploratory run. BENCHMARKS.md, section ``automatic_propagated``, has them and
+how they were chosen.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def auto_seeds(segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence
     anywhere in ``image`` ([C, H, W, S], oriented, in [0, 1]); none for a class they find nowhere.
 
     ``embeddings``: slice index -> [1, D, h, w] encoder output; filled here so that ``propagate`` can reuse it
-    (each slice is encoded once); ``class_offset`` as :class:`SliceSegmenter`'s.
+    (each slice is encoded once; the price is memory: 4 MB per slice for a 256 x 64 x 64 float32 embedding, 1.2 GB
+    for a 300-slice CT); ``class_offset`` as :class:`SliceSegmenter`'s.
     """
     if not classes:
         raise ValueError("auto_seeds needs at least one class")

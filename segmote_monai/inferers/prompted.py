@@ -38,6 +38,8 @@ class PromptedSliceInferer(Inferer):
         auto_propagate: with ``auto_classes``, segment a volume (more than one slice) from one automatic seed per
             class, propagated (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`), rather than from every
             slice's prompt-free masks.
+        auto_min_area_fraction: with ``auto_propagate``, the key slice's mask covers at least this fraction of the
+            class's largest mask (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`).
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
@@ -49,8 +51,9 @@ class PromptedSliceInferer(Inferer):
 
     def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
                  overlap: str = "smaller", prompt_free_class: int = 1, auto_classes: Sequence[int] | None = None,
-                 auto_presence: bool = True, auto_propagate: bool = True, class_boxes: bool = False,
-                 ppt_beside_boxes: bool = False, propagation: dict[str, Any] | None = None) -> None:
+                 auto_presence: bool = True, auto_propagate: bool = True, auto_min_area_fraction: float = 0.5,
+                 class_boxes: bool = False, ppt_beside_boxes: bool = False,
+                 propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_options(batch_size=batch_size, overlap=overlap)
         self.backbone = backbone
@@ -61,6 +64,7 @@ class PromptedSliceInferer(Inferer):
         self.auto_classes = [int(c) for c in auto_classes or []]
         self.auto_presence = bool(auto_presence)
         self.auto_propagate = bool(auto_propagate)
+        self.auto_min_area_fraction = auto_min_area_fraction
         self.class_boxes = bool(class_boxes)
         self.ppt_beside_boxes = ppt_beside_boxes
         self.propagation = dict(propagation or {})
@@ -89,7 +93,8 @@ class PromptedSliceInferer(Inferer):
             labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, **self.propagation)
         elif prompts is None and self.auto_classes and self.auto_propagate and image.ndim == 4 and image.shape[-1] > 1:
             embeddings: dict[int, torch.Tensor] = {}  # each slice encoded once, for the seeds and the walks
-            found = auto_seeds(segmenter, image, self.auto_classes, embeddings=embeddings)
+            found = auto_seeds(segmenter, image, self.auto_classes, embeddings=embeddings,
+                               min_area_fraction=self.auto_min_area_fraction)
             labels, self.last_reached = propagate(segmenter, image, found, embeddings=embeddings, **self.propagation)
         elif prompts is None and self.auto_classes:
             labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence)

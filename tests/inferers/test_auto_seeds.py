@@ -93,6 +93,8 @@ def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_e
     assert model.encoded == 10
     per_slice = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_propagate=False)(image, ClassFinder())
     assert bool((per_slice[0, 0, 54:62, 2:12] > 0).all())
+    with pytest.raises(ValueError, match="min_area_fraction must be in"):
+        PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_min_area_fraction=2.0)(image, ClassFinder())
 
 
 def test_a_class_found_nowhere_gets_no_seed():
