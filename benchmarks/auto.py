@@ -8,7 +8,11 @@ predicted (false-positive slices) and the slices with it where nothing was predi
 one seed per organ from the prompt-free masks (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`), propagated
 with ``propagate``'s defaults, what the bundle's ``prompt_mode auto`` does on a volume (``auto_propagate``).
 
-    python benchmarks/auto.py --checkpoints bundle/models/model.pt [--write [--section NAME]]
+    python benchmarks/auto.py --checkpoints bundle/models/model.pt [--timing] [--write [--section NAME]]
+
+``--timing`` (class-conditioned checkpoints): seconds of automatic segmentation per slice and propagated, nothing
+cached, each twice in turn; issue 11's budget for propagation is 1.15 x the model's own compute (here: the per-slice
+automatic pass, which encodes every slice once as the propagated one does).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--cache_dir", default=None,
                         help="keep the encoder's outputs here (default: a temporary folder)")
     parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
+    parser.add_argument("--timing", action="store_true", help="time automatic per slice against propagated")
     parser.add_argument("--section", default="automatic", help="the section's name in BENCHMARKS.md")
     parser.add_argument("--title", default="Automatic multi-class segmentation and class-aware boxes (issue 11)")
     args = parser.parse_args(argv)
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> str:
     errors = ["| checkpoint | patient | prompts | " + " | ".join(ORGANS.values()) + " |",
               "|---|---|---|" + "---|" * len(ORGANS)]
     means: dict[tuple[str, str], list[float]] = {}
+    times = ["| checkpoint | patient | round | automatic per slice s | automatic, propagated s | ratio |",
+             "|---|---|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.cache_dir or tmp
         for i, checkpoint in enumerate(args.checkpoints):
@@ -98,6 +105,20 @@ def main(argv: list[str] | None = None) -> str:
                     runs.append((f"{kind} on every slice", prompts, {}))
                     if model.class_conditioned:
                         runs.append((f"{kind} on every slice + class", prompts, {"class_boxes": True}))
+                if args.timing and model.class_conditioned:
+                    for round_ in (1, 2):
+                        fresh = SliceSegmenter(model, backbone="lite_medsam")  # nothing cached
+                        start = time.perf_counter()
+                        fresh(image, None, auto_classes=list(ORGANS))
+                        per_slice = time.perf_counter() - start
+                        fresh, embeddings = SliceSegmenter(model, backbone="lite_medsam"), {}
+                        start = time.perf_counter()
+                        propagate(fresh, image, auto_seeds(fresh, image, list(ORGANS), embeddings=embeddings),
+                                  embeddings=embeddings)
+                        propagated = time.perf_counter() - start
+                        times.append(f"| {name} | {case} | {round_} | {per_slice:.1f} | {propagated:.1f} "
+                                     f"| {propagated / per_slice:.2f} |")
+                        print(times[-1], flush=True)
                 for kind, prompts, options in runs:
                     start = time.perf_counter()
                     if options.get("propagated"):
@@ -131,6 +152,10 @@ def main(argv: list[str] | None = None) -> str:
     if len(errors) > 2:
         section += ("\nAutomatic, per organ: slices without the organ in the reference where it was predicted (FP), "
                     "and slices with it where nothing was predicted (missed).\n\n" + "\n".join(errors) + "\n")
+    if len(times) > 2:
+        section += ("\nTime of automatic segmentation, nothing cached: per slice against one seed per organ "
+                    "propagated (the same slices encoded once each). Issue 11's budget: 1.15.\n\n"
+                    + "\n".join(times) + "\n")
     print(section)
     if args.write:
         write_section(REPO / "BENCHMARKS.md", args.section, section)
