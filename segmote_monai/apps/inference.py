@@ -103,7 +103,8 @@ class BundleInference:
             class's largest mask.
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
-    of ``labels``, each prompt-free on every slice).
+    of ``labels``, prompt-free: on a volume from one automatic seed per class, propagated, unless
+    ``auto_propagate`` is false; on a 2D image, or with it false, on every slice).
     """
 
     def __init__(
