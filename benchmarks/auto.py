@@ -30,7 +30,7 @@ from monai.transforms import Compose
 
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.inferers import SliceSegmenter, prompts_from_label, propagate
-from segmote_monai.inferers.auto_seeds import auto_seeds
+from segmote_monai.inferers.auto_seeds import auto_seeds, propagate_auto
 from segmote_monai.networks import build_from_checkpoint
 from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
 
@@ -111,10 +111,9 @@ def main(argv: list[str] | None = None) -> str:
                         start = time.perf_counter()
                         fresh(image, None, auto_classes=list(ORGANS))
                         per_slice = time.perf_counter() - start
-                        fresh, embeddings = SliceSegmenter(model, backbone="lite_medsam"), {}
+                        fresh = SliceSegmenter(model, backbone="lite_medsam")
                         start = time.perf_counter()
-                        propagate(fresh, image, auto_seeds(fresh, image, list(ORGANS), embeddings=embeddings),
-                                  embeddings=embeddings)
+                        propagate_auto(fresh, image, list(ORGANS))
                         propagated = time.perf_counter() - start
                         times.append(f"| {name} | {case} | {round_} | {per_slice:.1f} | {propagated:.1f} "
                                      f"| {propagated / per_slice:.2f} |")

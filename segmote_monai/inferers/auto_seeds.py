@@ -20,16 +20,18 @@ how they were chosen.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from segmote_monai.data.slicing import volume_to_slices
-from segmote_monai.inferers.slices import SliceSegmenter
+from segmote_monai.inferers.propagation import propagate
+from segmote_monai.inferers.slices import SliceSegmenter, check_options
 from segmote_monai.transforms.array import box_of_mask
 from segmote_monai.transforms.prompts import PropagationSeed
 
-__all__ = ["auto_seeds", "largest_component"]
+__all__ = ["auto_seeds", "largest_component", "propagate_auto"]
 
 
 def largest_component(mask: torch.Tensor) -> torch.Tensor:
@@ -65,8 +67,7 @@ def auto_seeds(segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence
     """
     if not classes:
         raise ValueError("auto_seeds needs at least one class")
-    if not 0.0 <= min_area_fraction <= 1.0:
-        raise ValueError(f"min_area_fraction must be in [0, 1], got {min_area_fraction}")
+    check_options(min_area_fraction=min_area_fraction)
     model = segmenter.model.eval()
     if not getattr(model, "class_conditioned", False):
         raise ValueError("auto_seeds needs a class-conditioned model (trained with class_prompts)")
@@ -101,3 +102,15 @@ def auto_seeds(segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence
         part = largest_component(masks(z)[k] > 0)
         seeds.append(PropagationSeed(int(c), z, tuple(float(v) for v in box_of_mask(part).tolist())))
     return seeds
+
+
+def propagate_auto(segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence[int], *,
+                   min_area_fraction: float = 0.5, class_offset: int = 0, **propagation: Any
+                   ) -> tuple[torch.Tensor, dict[int, list[int]]]:
+    """Automatic label map [1, H, W, S] of ``image`` and, per class, the slices its propagation reached:
+    :func:`auto_seeds`, then :func:`~segmote_monai.inferers.propagation.propagate` (keyword arguments
+    ``propagation``) on the same encoder outputs, so that each slice is encoded once."""
+    embeddings: dict[int, torch.Tensor] = {}
+    seeds = auto_seeds(segmenter, image, classes, min_area_fraction=min_area_fraction, class_offset=class_offset,
+                       embeddings=embeddings)
+    return propagate(segmenter, image, seeds, embeddings=embeddings, **propagation)

@@ -16,7 +16,7 @@ from monai.inferers import Inferer
 
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.errors import RequestError
-from segmote_monai.inferers.auto_seeds import auto_seeds
+from segmote_monai.inferers.auto_seeds import propagate_auto
 from segmote_monai.inferers.propagation import propagate
 from segmote_monai.inferers.slices import SliceSegmenter, check_options
 from segmote_monai.networks.segmote import SegMoTE
@@ -55,7 +55,7 @@ class PromptedSliceInferer(Inferer):
                  class_boxes: bool = False, ppt_beside_boxes: bool = False,
                  propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
-        check_options(batch_size=batch_size, overlap=overlap)
+        check_options(batch_size=batch_size, overlap=overlap, min_area_fraction=auto_min_area_fraction)
         self.backbone = backbone
         self.batch_size = batch_size
         self.cache = cache
@@ -92,10 +92,9 @@ class PromptedSliceInferer(Inferer):
                 raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
             labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, **self.propagation)
         elif prompts is None and self.auto_classes and self.auto_propagate and image.ndim == 4 and image.shape[-1] > 1:
-            embeddings: dict[int, torch.Tensor] = {}  # each slice encoded once, for the seeds and the walks
-            found = auto_seeds(segmenter, image, self.auto_classes, embeddings=embeddings,
-                               min_area_fraction=self.auto_min_area_fraction)
-            labels, self.last_reached = propagate(segmenter, image, found, embeddings=embeddings, **self.propagation)
+            labels, self.last_reached = propagate_auto(segmenter, image, self.auto_classes,
+                                                       min_area_fraction=self.auto_min_area_fraction,
+                                                       **self.propagation)
         elif prompts is None and self.auto_classes:
             labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence)
         else:

@@ -73,12 +73,15 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
     return torch.where(positive.any(dim=0), torch.as_tensor(classes).long()[winner], 0)
 
 
-def check_options(*, batch_size: int, overlap: str) -> None:
-    """Refuses option values a user gave (bundle config keys): :class:`RequestError`, one line."""
-    if batch_size < 1:
+def check_options(*, batch_size: int | None = None, overlap: str | None = None,
+                  min_area_fraction: float | None = None) -> None:
+    """Refuses option values a user gave (bundle config keys): :class:`RequestError`, one line (None: not given)."""
+    if batch_size is not None and batch_size < 1:
         raise RequestError(f"batch_size must be >= 1, got {batch_size}")
-    if overlap not in OVERLAP_RULES:
+    if overlap is not None and overlap not in OVERLAP_RULES:
         raise RequestError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
+    if min_area_fraction is not None and not 0.0 <= min_area_fraction <= 1.0:
+        raise RequestError(f"min_area_fraction must be in [0, 1], got {min_area_fraction}")
 
 
 class SliceSegmenter:

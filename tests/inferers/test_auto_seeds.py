@@ -6,9 +6,11 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from segmote_monai.errors import RequestError
 from segmote_monai.inferers import PromptedSliceInferer, SliceSegmenter
 from segmote_monai.inferers.auto_seeds import auto_seeds, largest_component
 from segmote_monai.transforms.prompts import PROMPTS_META_KEY
+from tests.inferers.test_propagation import ObjectInBox
 
 ORGAN_VALUES = {1: 1.0, 2: 0.7}
 
@@ -21,32 +23,17 @@ def _volume() -> torch.Tensor:
     return image
 
 
-class ClassFinder(torch.nn.Module):
+class ClassFinder(ObjectInBox):
     """A stand-in class-conditioned SegMoTE. Prompt-free, class ``c`` gets a confident mask (logit 3) on the pixels
     of its intensity and, on every slice, a faint one (logit 0.2) on a decoy strip: the false positives of the real
-    model on slices without the organ. With a box: the bright pixels inside it (logit 1)."""
+    model on slices without the organ. With a box: the bright pixels inside it (logit 1), as :class:`ObjectInBox`."""
 
-    img_size = 64
     class_conditioned = True
     ppt = True  # prompt-free use allowed
 
-    def __init__(self):
-        super().__init__()
-        self.decoder = torch.nn.Linear(1, 1)
-        self.encoded = 0
-
-    def embed_images(self, images):
-        self.encoded += len(images)
-        return images[:, :1]
-
     def predict(self, *, image_embeddings, boxes=None, image_index=None, class_ids=None):
         if boxes is not None:
-            masks = -torch.ones(len(boxes), 1, 64, 64)
-            for row, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
-                inside = torch.zeros(64, 64, dtype=torch.bool)
-                inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
-                masks[row, 0][inside & (image_embeddings[0, 0] > 0.5)] = 1.0
-            return SimpleNamespace(masks=masks, iou_predictions=torch.ones(len(boxes), 1))
+            return super().predict(image_embeddings=image_embeddings, boxes=boxes)
         masks = -torch.ones(len(class_ids), 1, 64, 64)
         for row, (i, c) in enumerate(zip(image_index.tolist(), class_ids.tolist())):
             masks[row, 0, 54:62, 2:12] = 0.2
@@ -93,8 +80,8 @@ def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_e
     assert model.encoded == 10
     per_slice = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_propagate=False)(image, ClassFinder())
     assert bool((per_slice[0, 0, 54:62, 2:12] > 0).all())
-    with pytest.raises(ValueError, match="min_area_fraction must be in"):
-        PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_min_area_fraction=2.0)(image, ClassFinder())
+    with pytest.raises(RequestError, match="min_area_fraction must be in"):  # refused before any image is read
+        PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_min_area_fraction=2.0)
 
 
 def test_a_class_found_nowhere_gets_no_seed():
