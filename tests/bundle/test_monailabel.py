@@ -159,11 +159,13 @@ def _dice(prediction: Path, label: Path) -> dict[str, float]:
             for name, v in LABELS.items() if (t == v).any()}
 
 
-def _infer_roi(url: str, studies: Path, tmp_path: Path, name: str) -> dict[str, float]:
+def _infer(url: str, studies: Path, tmp_path: Path, name: str, params: dict, *, roi: bool = False,
+           log: Path | None = None) -> dict[str, float]:
+    """``/infer`` on the first case with ``params`` (its label uploaded as ROI when ``roi``); Dice per organ."""
     label = studies / "labels" / "final" / f"{CASES[0]}.nii.gz"
-    status, content = _request(f"{url}/infer/segmote?image={CASES[0]}&output=image", fields={"params": "{}"},
-                               files={"label": label})
-    assert status == 200, content[:2000]
+    status, content = _request(f"{url}/infer/segmote?image={CASES[0]}&output=image",
+                               fields={"params": json.dumps(params)}, files={"label": label} if roi else None)
+    assert status == 200, content[:2000] + (log.read_text()[-3000:] if log is not None else "")
     out = tmp_path / f"{name}.nii.gz"
     out.write_bytes(content)
     return _dice(out, label)
@@ -173,13 +175,7 @@ def test_automatic_segmentation_with_no_prompt(server, tmp_path):
     """The shipped weights segment every organ with no box (``prompt_mode`` auto); before ``/train`` replaces them
     with box-only weights (the default recipe), so this test comes first."""
     url, paths, log = server
-    label = paths["studies"] / "labels" / "final" / f"{CASES[0]}.nii.gz"
-    status, content = _request(f"{url}/infer/segmote?image={CASES[0]}&output=image",
-                               fields={"params": json.dumps({"prompt_mode": "auto"})})
-    assert status == 200, content[:2000] + log.read_text()[-3000:]
-    out = tmp_path / "auto.nii.gz"
-    out.write_bytes(content)
-    dice = _dice(out, label)
+    dice = _infer(url, paths["studies"], tmp_path, "auto", {"prompt_mode": "auto"}, log=log)
     print(f"MONAI Label /infer, prompt_mode auto, Dice per organ: {dice}")
     assert np.mean(list(dice.values())) > AUTO_MEAN_DICE, dice
 
@@ -191,7 +187,7 @@ def test_stock_monailabel_infers_trains_and_infers_with_the_new_weights(server, 
     assert status == 200 and model["labels"] == LABELS and model["dimension"] == 3
     assert {"prompt_mode", "boxes"} <= set(model["config"])
 
-    before = _infer_roi(url, paths["studies"], tmp_path, "before")
+    before = _infer(url, paths["studies"], tmp_path, "before", {}, roi=True)
     print(f"MONAI Label /infer with a label ROI, Dice per organ: {before}")
     assert min(before.values()) > 0.85, before
 
@@ -202,7 +198,7 @@ def test_stock_monailabel_infers_trains_and_infers_with_the_new_weights(server, 
     trained = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert trained != shipped, "training wrote no new weights where inference loads them:\n" + log.read_text()[-3000:]
 
-    after = _infer_roi(url, paths["studies"], tmp_path, "after")
+    after = _infer(url, paths["studies"], tmp_path, "after", {}, roi=True)
     print(f"after one epoch of /train: {after}")
     assert "Reload model" in log.read_text()  # MONAI Label noticed the new model.pt and loaded it
     assert min(after.values()) > 0.85, after
@@ -252,11 +248,6 @@ def test_one_propagated_box_per_organ(server, tmp_path):
         i, j = np.nonzero(label[..., k] == value)
         boxes.append({"label": name, "box": [int(i.min()), int(j.min()), k, int(i.max()), int(j.max()), k],
                       "propagate": True})
-    status, content = _request(f"{url}/infer/segmote?image={CASES[0]}&output=image",
-                               fields={"params": json.dumps({"boxes": boxes})})
-    assert status == 200, content[:2000] + log.read_text()[-3000:]
-    out = tmp_path / "propagated.nii.gz"
-    out.write_bytes(content)
-    dice = _dice(out, label_path)
+    dice = _infer(url, paths["studies"], tmp_path, "propagated", {"boxes": boxes}, log=log)
     print(f"MONAI Label /infer, one propagated box per organ, Dice per organ: {dice}")
     assert np.mean(list(dice.values())) > 0.8, dice
