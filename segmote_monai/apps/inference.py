@@ -101,6 +101,8 @@ class BundleInference:
             slice's prompt-free masks.
         auto_min_area_fraction: with ``auto_propagate``, the key slice's mask covers at least this fraction of the
             class's largest mask.
+        auto_seed_margin: with ``auto_propagate``, each seed's box is its mask's box widened by this fraction of its
+            size on each side.
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, prompt-free: on a volume from one automatic seed per class, propagated, unless
@@ -130,6 +132,7 @@ class BundleInference:
         auto_presence: bool = True,
         auto_propagate: bool = True,
         auto_min_area_fraction: float = 0.5,
+        auto_seed_margin: float = 0.1,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -147,6 +150,7 @@ class BundleInference:
                                             auto_classes=sorted(self.labels) if network.class_conditioned else None,
                                             auto_presence=auto_presence, auto_propagate=auto_propagate,
                                             auto_min_area_fraction=auto_min_area_fraction,
+                                            auto_seed_margin=auto_seed_margin,
                                             class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)

@@ -57,13 +57,54 @@ def test_largest_component(pixels, expected):
     assert sorted(map(tuple, torch.nonzero(out).tolist())) == sorted(expected)
 
 
-def test_each_class_seeds_on_a_slice_it_is_on_with_the_box_of_its_confident_part():
+@pytest.mark.parametrize("seed_margin,boxes", [
+    (0.0, [(7.0, 9.0, 22.0, 24.0), (39.0, 33.0, 50.0, 46.0)]),  # at least a pixel, as propagation's boxes
+    (0.1, [(6.6, 8.6, 22.4, 24.4), (39.0, 32.8, 50.0, 46.2)]),
+    (0.5, [(1.0, 3.0, 28.0, 30.0), (35.0, 28.0, 54.0, 51.0)]),
+])
+def test_each_class_seeds_on_a_slice_it_is_on_with_the_widened_box_of_its_confident_part(seed_margin, boxes):
     model = ClassFinder()
     embeddings: dict[int, torch.Tensor] = {}
-    seeds = auto_seeds(SliceSegmenter(model, backbone="tiny"), _volume(), [1, 2], embeddings=embeddings)
-    assert [(s.class_id, s.slice, s.box) for s in seeds] == [(1, 2, (8.0, 10.0, 21.0, 23.0)),
-                                                            (2, 5, (40.0, 34.0, 49.0, 45.0))]
+    seeds = auto_seeds(SliceSegmenter(model, backbone="tiny"), _volume(), [1, 2], seed_margin=seed_margin,
+                       embeddings=embeddings)
+    assert [(s.class_id, s.slice) for s in seeds] == [(1, 2), (2, 5)]  # organs' pixels: 8-21 x 10-23, 40-49 x 34-45
+    assert [v for s in seeds for v in s.box] == pytest.approx([v for box in boxes for v in box])
     assert sorted(embeddings) == list(range(10)) and model.encoded == 10
+
+
+def test_a_pixel_two_classes_claim_goes_to_the_surer_one():
+    class Overclaiming(ClassFinder):
+        """Class 2 also claims organ 1's pixels, less surely (logit 1 against class 1's 3)."""
+
+        def predict(self, **kwargs):
+            out = super().predict(**kwargs)
+            if kwargs.get("class_ids") is not None:
+                organ_1 = (kwargs["image_embeddings"][0, 0] - ORGAN_VALUES[1]).abs() < 0.05
+                for row in torch.where(kwargs["class_ids"] == 2)[0].tolist():
+                    out.masks[row, 0][organ_1] = 1.0
+            return out
+
+    seeds = auto_seeds(SliceSegmenter(Overclaiming(), backbone="tiny"), _volume(), [1, 2], seed_margin=0.0)
+    # claiming organ 1 too, class 2's mask would be largest on slices 5-6 and half as large on 2-4, the first of
+    # which (all as sure) would win: a seed on organ 1
+    assert [(s.class_id, s.slice, s.box) for s in seeds][1] == (2, 5, (39.0, 33.0, 50.0, 46.0))
+
+
+def test_the_key_slice_is_the_one_whose_neighbourhood_the_model_is_surest_of():
+    class Unsure(ClassFinder):
+        """Predicted IoU of every class on a slice: the slice's corner pixel."""
+
+        def predict(self, **kwargs):
+            out = super().predict(**kwargs)
+            if kwargs.get("class_ids") is not None:
+                out.iou_predictions[:] = kwargs["image_embeddings"][0, 0, 63, 63]
+            return out
+
+    image = _volume()
+    image[0, 63, 63] = torch.tensor([0.1, 0.1, 0.9, 0.2, 0.6, 0.6, 0.6, 0.1, 0.1, 0.1])
+    seeds = auto_seeds(SliceSegmenter(Unsure(), backbone="tiny"), image, [1])
+    # slice 2 alone is surest (0.9), but between slices 1 and 3 (0.1, 0.2); slices 4-6 are sure together
+    assert seeds[0].slice == 5
 
 
 def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_encodes_each_slice_once():
@@ -82,6 +123,8 @@ def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_e
     assert bool((per_slice[0, 0, 54:62, 2:12] > 0).all())
     with pytest.raises(RequestError, match="min_area_fraction must be in"):  # refused before any image is read
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_min_area_fraction=2.0)
+    with pytest.raises(RequestError, match="seed_margin must be in"):
+        PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_seed_margin=1.5)
 
 
 def test_a_class_found_nowhere_gets_no_seed():
@@ -102,6 +145,7 @@ def test_a_class_found_nowhere_gets_no_seed():
 @pytest.mark.parametrize("kwargs,message", [
     ({"classes": []}, "at least one class"),
     ({"min_area_fraction": 1.5}, r"min_area_fraction must be in \[0, 1\], got 1.5"),
+    ({"seed_margin": -0.1}, r"seed_margin must be in \[0, 1\], got -0.1"),
 ])
 def test_refusals(kwargs, message):
     arguments = {"classes": [1], **kwargs}
