@@ -28,13 +28,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.bundle.conftest import REPO
+from tests.bundle.conftest import CONFIGS, REPO, bundle_cli
 
 CONSTRAINTS = REPO / "scripts" / "monailabel-constraints.txt"
 LABELS = {"liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4}
 CASES = ("chaos_t2_case21", "chaos_t2_case10")
 SLICES = 10
-AUTO_MEAN_DICE = 0.7  # the bundle's own inference of these ten slices with the shipped weights: 0.813
+# the bundle's own inference of these ten slices with the shipped weights (0.6.2): liver 0.778, kidneys 0.906 and
+# 0.926; the spleen, on the crop's last three slices, 0.001: the prompt-free masks put it on another structure on
+# slices 0-7, and its seed follows that structure (BENCHMARKS.md, section ``automatic_seed_rule``)
+AUTO_ORGAN_DICE = {"liver": 0.7, "right kidney": 0.85, "left kidney": 0.85}
 
 
 def _pip(env: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
@@ -172,12 +175,24 @@ def _infer(url: str, studies: Path, tmp_path: Path, name: str, params: dict, *, 
 
 
 def test_automatic_segmentation_with_no_prompt(server, tmp_path):
-    """The shipped weights segment every organ with no box (``prompt_mode`` auto); before ``/train`` replaces them
-    with box-only weights (the default recipe), so this test comes first."""
+    """The shipped weights segment the organs with no box (``prompt_mode`` auto), as the bundle's own inference does
+    on the same scan; before ``/train`` replaces them with box-only weights (the default recipe), so this test comes
+    first."""
     url, paths, log = server
     dice = _infer(url, paths["studies"], tmp_path, "auto", {"prompt_mode": "auto"}, log=log)
     print(f"MONAI Label /infer, prompt_mode auto, Dice per organ: {dice}")
-    assert np.mean(list(dice.values())) > AUTO_MEAN_DICE, dice
+    assert all(dice[organ] > floor for organ, floor in AUTO_ORGAN_DICE.items()), dice
+
+    own = bundle_cli("run", "inference", "--config_file", CONFIGS / "inference.json", "--input",
+                     paths["studies"] / f"{CASES[0]}.nii.gz", "--prompt_mode", "auto", "--output_dir", tmp_path / "own")
+    assert own.returncode == 0, own.stdout[-3000:] + own.stderr[-3000:]
+    served = np.asarray(nib.load(tmp_path / "auto.nii.gz").dataobj)
+    bundle = np.asarray(nib.load(tmp_path / "own" / f"{CASES[0]}_seg.nii.gz").dataobj)
+    # MONAI Label's environment has its own torch and numpy: a few pixels may round the other way, not an organ
+    agreement = {name: round(float(2 * ((served == v) & (bundle == v)).sum()
+                                   / max((served == v).sum() + (bundle == v).sum(), 1)), 4) for name, v in LABELS.items()}
+    print(f"MONAI Label against the bundle's own inference, Dice per organ: {agreement}")
+    assert min(agreement.values()) > 0.98, agreement
 
 
 def test_stock_monailabel_infers_trains_and_infers_with_the_new_weights(server, tmp_path):

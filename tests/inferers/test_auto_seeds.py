@@ -107,6 +107,37 @@ def test_the_key_slice_is_the_one_whose_neighbourhood_the_model_is_surest_of():
     assert seeds[0].slice == 5
 
 
+class EdgeFinder(ObjectInBox):
+    """A stand-in class-conditioned SegMoTE for one class. Prompt-free: a mask on the organ's pixels (1.0) and, on
+    slices flagged by pixel (63, 0), on a decoy structure's (0.8) too; its predicted IoU is pixel (63, 63). With a
+    box: the bright pixels inside it, as :class:`ObjectInBox` (decoy included: both are bright)."""
+
+    class_conditioned = True
+    ppt = True
+
+    def predict(self, *, image_embeddings, boxes=None, image_index=None, class_ids=None):
+        if boxes is not None:
+            return super().predict(image_embeddings=image_embeddings, boxes=boxes)
+        e = image_embeddings[0, 0]
+        claimed = ((e - 1.0).abs() < 0.05) | (((e - 0.8).abs() < 0.05) & bool(e[63, 0] > 0.2))
+        masks = -torch.ones(1, 1, 64, 64)
+        masks[0, 0][claimed] = 3.0
+        return SimpleNamespace(masks=masks, iou_predictions=e[63, 63].reshape(1, 1), presence_logits=None)
+
+
+def test_of_two_key_slices_the_one_whose_walk_lies_on_the_prompt_free_masks_seeds():
+    image = torch.zeros(1, 64, 64, 10)
+    image[0, 40:53, 40:51, 0:9] = 0.8  # a decoy structure on slices 0-8, 13 x 11 pixels
+    image[0, 10:25, 8:23, 8:10] = 1.0  # the organ, at the volume's edge: slices 8-9, 15 x 15 pixels
+    image[0, 63, 0, 7] = 0.3  # slice 7: the prompt-free mask lies on the decoy (143 pixels, eligible: >= 225 / 2)
+    image[0, 63, 63] = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6, 0.55])
+    # surest neighbourhood: slice 7 (0.600, against 0.583 and 0.575); weighted by the mask's share of the
+    # largest: slice 8 (0.583, against 0.381 for 7). The walk from 7 follows the decoy over slices 0-8 (Dice 0.15
+    # with the prompt-free masks), the walk from 8 the organ (0.86).
+    seeds = auto_seeds(SliceSegmenter(EdgeFinder(), backbone="tiny"), image, [1], seed_margin=0.0)
+    assert [(s.slice, s.box) for s in seeds] == [(8, (7.0, 9.0, 23.0, 25.0))]  # organ: 8-22 x 10-24
+
+
 def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_encodes_each_slice_once():
     image = MetaTensor(_volume()[None])
     image.meta[PROMPTS_META_KEY] = None
