@@ -5,8 +5,9 @@ slice; checkpoints trained with ``class_prompts``), and a box on every slice fro
 side moved by up to 10% (seed 0), without and (class-conditioned checkpoints) with each box's class. 3D Dice on
 the label map; for the automatic rows also, per organ, the slices without it in the reference where it was
 predicted (false-positive slices) and the slices with it where nothing was predicted. ``automatic, propagated``:
-one seed per organ from the prompt-free masks (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`), propagated
-with ``propagate``'s defaults, what the bundle's ``prompt_mode auto`` does on a volume (``auto_propagate``).
+one seed per organ from the prompt-free masks, propagated with the prompt-free masks as a second opinion
+(:func:`~segmote_monai.inferers.auto_seeds.propagate_auto` with its defaults), what the bundle's ``prompt_mode auto``
+does on a volume (``auto_propagate``).
 
     python benchmarks/auto.py --checkpoints bundle/models/model.pt [--timing] [--write [--section NAME]]
 
@@ -30,8 +31,8 @@ from common import REPO, provenance, write_section
 from monai.transforms import Compose
 
 from segmote_monai.data.cache import EmbeddingCache
-from segmote_monai.inferers import SliceSegmenter, prompts_from_label, propagate
-from segmote_monai.inferers.auto_seeds import auto_seeds, propagate_auto
+from segmote_monai.inferers import SliceSegmenter, prompts_from_label
+from segmote_monai.inferers.auto_seeds import propagate_auto
 from segmote_monai.networks import build_from_checkpoint
 from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
 
@@ -50,6 +51,11 @@ def slice_errors(pred: torch.Tensor, label: torch.Tensor, c: int) -> tuple[int, 
     present = (label[0] == c).flatten(0, 1).any(0)
     return (int((predicted & ~present).sum()), int((~present).sum()), int((~predicted & present).sum()),
             int(present.sum()))
+
+
+def _span(slices: list[int]) -> str:
+    """'first-last (count)' of sorted slice indices; 'none' for none."""
+    return f"{slices[0]}-{slices[-1]} ({len(slices)})" if slices else "none"
 
 
 def timing(model, image: torch.Tensor, rounds: int = 3) -> list[tuple[float, float]]:
@@ -141,12 +147,12 @@ def main(argv: list[str] | None = None) -> str:
                 for kind, prompts, options in runs:
                     start = time.perf_counter()
                     if options.get("propagated"):
-                        seeds = auto_seeds(segmenter, image, list(ORGANS))
-                        pred, _ = propagate(segmenter, image, seeds)
-                        largest = {c: int((label[0] == c).sum(dim=(0, 1)).argmax()) for c in ORGANS}
-                        print(f"{case} seeds: " + ", ".join(
-                            f"{ORGANS[s.class_id]} slice {s.slice} (reference's largest {largest[s.class_id]})"
-                            for s in seeds), flush=True)
+                        pred, reached = propagate_auto(segmenter, image, list(ORGANS))
+                        present = {c: torch.nonzero((label[0] == c).flatten(0, 1).any(0))[:, 0].tolist()
+                                   for c in ORGANS}
+                        print(f"{case} slices reached: " + ", ".join(
+                            f"{ORGANS[c]} {_span(reached.get(c, []))} (reference {_span(present[c])})"
+                            for c in ORGANS), flush=True)
                     else:
                         pred = segmenter(image, prompts, **options)
                     if prompts is None:

@@ -55,7 +55,7 @@ box's mask there (0.34-0.79) is no different from that where the organ has ended
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -93,6 +93,11 @@ def _followed(box: Sequence[float], last: Sequence[float], before: Sequence[floa
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of two bool masks (0 where both are empty)."""
+    return (a & b).sum().item() / max((a | b).sum().item(), 1)
+
+
 def _narrowed(box: Sequence[float], scale: float) -> tuple[float, float, float, float]:
     """``box`` scaled about its centre by ``scale`` in both directions."""
     x0, y0, x1, y1 = box
@@ -105,7 +110,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
               margin: float = 0.0, min_overlap: float = 0.6, min_pixels: int = 1, min_iou: float = 0.0,
               max_growth: float | None = 0.1, max_shift: float | None = 2.0, taper: float | None = 0.7,
               follow: float | None = None, prompts: SlicePrompts | None = None,
-              embeddings: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[int, list[int]]]:
+              embeddings: dict[int, torch.Tensor] | None = None, agree: Mapping[int, torch.Tensor] | None = None,
+              min_agreement: float = 0.3) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Label map [1, H, W, S] of ``image`` ([C, H, W, S], oriented, in [0, 1]) from one seed per structure, and,
     per seeded class, the slices its propagation reached (sorted; empty where the key slice's mask was).
 
@@ -113,6 +119,9 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
     takes them) for structures that are not propagated; segmented on their slices and merged with the rest.
     ``embeddings``: slice index -> [1, D, h, w] encoder outputs already computed (by
     :func:`~segmote_monai.inferers.auto_seeds.auto_seeds`); used, and filled with the slices encoded here.
+    ``agree``: class id -> [S, H, W] bool, a second opinion (the class's prompt-free masks): a walk goes on past a
+    slice whose mask overlaps the previous one's less than ``min_overlap`` where the second opinion's mask on that
+    slice and the new mask overlap (IoU) at least ``min_agreement``.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -126,6 +135,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
         raise ValueError(f"max_shift must be > 0 (or None), got {max_shift}")
     if taper is not None and not 0.0 < taper <= 1.0:
         raise ValueError(f"taper must be in (0, 1] (or None), got {taper}")
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}")
     if follow is not None and not 0.0 <= follow <= 1.0:
         raise ValueError(f"follow must be in [0, 1] (or None), got {follow}")
     slices = volume_to_slices(torch.as_tensor(image))
@@ -161,6 +172,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
             raise ValueError(f"seed slice {seed.slice} of class {seed.class_id} is outside the image ({count} slices)")
         first = max(0, seed.first if seed.first is not None else 0)
         last = min(count - 1, seed.last if seed.last is not None else count - 1)
+        opinion = agree.get(int(seed.class_id)) if agree is not None else None
         reached = logits.setdefault(int(seed.class_id), {})
         seen = propagated.setdefault(int(seed.class_id), set())
         key, _ = segment(seed.slice, seed.box)
@@ -189,8 +201,10 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                 current, quality = segment(z, box)
                 mask = current > 0
                 area = int(mask.sum())
-                overlap = (mask & previous).sum().item() / max((mask | previous).sum().item(), 1)
-                if area < min_pixels or quality < min_iou or overlap < min_overlap:
+                unlike = _iou(mask, previous) < min_overlap
+                if unlike and opinion is not None and area:
+                    unlike = _iou(mask, opinion[z]) < min_agreement  # the second opinion vouches for the mask
+                if area < min_pixels or quality < min_iou or unlike:
                     break
                 grew = area > (1 + max_growth) * previous_area if max_growth is not None else False
                 if grew and shrinking and not seed.within_box:

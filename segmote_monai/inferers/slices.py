@@ -74,7 +74,8 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
 
 
 def check_options(*, batch_size: int | None = None, overlap: str | None = None,
-                  min_area_fraction: float | None = None, seed_margin: float | None = None) -> None:
+                  min_area_fraction: float | None = None, seed_margin: float | None = None,
+                  agreement: float | None = None) -> None:
     """Refuses option values a user gave (bundle config keys): :class:`RequestError`, one line (None: not given)."""
     if batch_size is not None and batch_size < 1:
         raise RequestError(f"batch_size must be >= 1, got {batch_size}")
@@ -84,6 +85,8 @@ def check_options(*, batch_size: int | None = None, overlap: str | None = None,
         raise RequestError(f"min_area_fraction must be in [0, 1], got {min_area_fraction}")
     if seed_margin is not None and not 0.0 <= seed_margin <= 1.0:
         raise RequestError(f"seed_margin must be in [0, 1], got {seed_margin}")
+    if agreement is not None and not 0.0 <= agreement <= 1.0:
+        raise RequestError(f"agreement must be in [0, 1] (or null), got {agreement}")
 
 
 class SliceSegmenter:

@@ -75,6 +75,28 @@ def test_a_jump_stops_the_propagation():
     assert propagate(segmenter, image, seed, margin=1.0, min_overlap=0.7, **others_off)[1][1][-1] == 6
 
 
+def test_a_second_opinion_that_agrees_carries_the_walk_past_a_jump():
+    """The jump above, where the class's prompt-free masks (``agree``, [S, H, W]) also lie on the larger object: the
+    walk goes on to slice 7; with no prompt-free mask there, or a stricter agreement, it stops at 6 as before."""
+    image = _volume()
+    image[0, :, :, 7] = 0.0
+    image[0, 17:40, 8:22, 7] = 1.0
+    segmenter = SliceSegmenter(ObjectInBox(), backbone="tiny")
+    seed = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
+    options = {"margin": 1.0, "min_overlap": 0.7, "max_growth": None, "max_shift": None}
+    prompt_free = (image[0] == 1.0).permute(2, 0, 1)
+    prompt_free[7, 32:] = False  # on slice 7, the object's upper 15 of 23 rows: IoU 0.65 with the walk's mask
+    walked, reached = propagate(segmenter, image, seed, agree={1: prompt_free}, min_agreement=0.3, **options)
+    assert reached[1][-1] == 7
+    on_7 = walked[0, :, :, 7] == 1
+    assert float((on_7 & prompt_free[7]).sum() / (on_7 | prompt_free[7]).sum()) == pytest.approx(15 / 23)
+    assert propagate(segmenter, image, seed, agree={1: prompt_free}, min_agreement=0.99, **options)[1][1][-1] == 6
+    absent = prompt_free.clone()
+    absent[7] = False
+    assert propagate(segmenter, image, seed, agree={1: absent}, min_agreement=0.3, **options)[1][1][-1] == 6
+    assert propagate(segmenter, image, seed, agree={2: prompt_free}, min_agreement=0.3, **options)[1][1][-1] == 6
+
+
 def test_a_mask_that_grows_again_after_shrinking_stops_the_propagation():
     """Slice 5 shrinks to 12 x 12; on slice 6 the mask fills its whole box (14 x 14, still overlapping by 0.73):
     past the organ's largest slice, 36% more is a spill (boxes not narrowed: the rule alone)."""
@@ -194,6 +216,7 @@ def test_a_3d_box_keeps_every_propagated_box_inside_it():
     ({"margin": -0.1}, 4, "margin must be >= 0"),
     ({"min_pixels": 0}, 4, "min_pixels must be >= 1"),
     ({"min_overlap": 1.5}, 4, r"min_overlap must be in \[0, 1\]"),
+    ({"min_agreement": -0.1}, 4, r"min_agreement must be in \[0, 1\], got -0.1"),
     ({}, 12, "seed slice 12 of class 1 is outside the image"),
 ])
 def test_refusals(kwargs, seed, message):
