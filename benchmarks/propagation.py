@@ -1,14 +1,17 @@
 """One key-slice box (or one 3D box) per organ, propagated through the volume, against a box on every slice.
 
     python benchmarks/propagation.py [--cases 10 21] [--data_dir DIR] [--margins 0] [--overlaps 0.7]
-        [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--cache_dir DIR] [--timing] [--write]
+        [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--agreements none 0.3] [--cache_dir DIR]
+        [--timing] [--write]
 
 The shipped CHAOS checkpoint (``bundle/models/model.pt``), by default on the embedded test patients 10 and 21
 (``--data_dir ../shared/data/mri_abdomen_chaos_t2 --cases 02 01 03 05``: the patients the stopping rule was tuned
 on, the validation patient and three training patients). The seed of each organ is its largest slice with that
 slice's tight box, what a reader would draw, or its 3D bounding box (what a user draws in MONAI Label), propagated
 from its middle slice within itself; rows for a box on every slice and for the 3D box on every slice it spans
-compare. 3D Dice per organ and the slices each propagation reached against the slices the organ is on (issue 11).
+compare. ``--agreements``: with a value, the organs' prompt-free masks are the walks' second opinion, as the bundle
+does for a class-conditioned model (``prompt_free_agreement``). 3D Dice per organ and the slices each propagation
+reached against the slices the organ is on (issue 11).
 Prints a Markdown section (machine, commit, command, figures); ``--write`` puts it in BENCHMARKS.md (section
 ``propagation``, or ``propagation_tuning`` with another ``--data_dir``).
 """
@@ -30,6 +33,7 @@ from monai.transforms import Compose
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.slicing import volume_to_slices
 from segmote_monai.inferers import SliceSegmenter, prompts_from_label
+from segmote_monai.inferers.prompt_free import PromptFreeMasks
 from segmote_monai.inferers.propagation import PropagationSeed, propagate
 from segmote_monai.networks import build_from_checkpoint
 from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
@@ -78,8 +82,20 @@ def dice(pred: torch.Tensor, label: torch.Tensor, c: int) -> float:
     return 2 * (p & t).sum().item() / max(p.sum().item() + t.sum().item(), 1)
 
 
-def timing(model, image: torch.Tensor, label: torch.Tensor, rounds: int = 3) -> tuple[list[tuple[float, float]], int]:
-    """Seconds of one propagation (defaults, key-slice seeds, nothing cached) and of the model's own compute for
+def walk(segmenter: SliceSegmenter, image: torch.Tensor, seeds: list[PropagationSeed], agreement: float | None,
+         **options) -> tuple[torch.Tensor, dict[int, list[int]]]:
+    """``propagate`` as the bundle runs it for a class-conditioned model: with the organs' prompt-free masks as
+    the second opinion (decoded where a walk would stop) unless ``agreement`` is None."""
+    embeddings: dict[int, torch.Tensor] = {}
+    opinion = {} if agreement is None else {
+        "agree": PromptFreeMasks(segmenter, image, list(ORGANS), embeddings=embeddings), "min_agreement": agreement}
+    return propagate(segmenter, image, seeds, embeddings=embeddings, **options, **opinion)
+
+
+def timing(model, image: torch.Tensor, label: torch.Tensor, rounds: int = 3, agreement: float | None = 0.3
+           ) -> tuple[list[tuple[float, float]], int]:
+    """Seconds of one propagation (defaults, the bundle's prompt-free ``agreement``, key-slice seeds, nothing
+    cached) and of the model's own compute for
     the same work: the slices propagation encoded, each with one box per structure it found there (a whole-slice
     box on a slice where a walk stopped), through :class:`SliceSegmenter`. After one slice encoded and decoded
     untimed (the first calls of a process are slower), ``rounds`` rounds, the order swapped from one to the next;
@@ -95,7 +111,7 @@ def timing(model, image: torch.Tensor, label: torch.Tensor, rounds: int = 3) -> 
 
     def timed_propagation() -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
-        pred, _ = propagate(segmenter, image, seeds_of(label))
+        pred, _ = walk(segmenter, image, seeds_of(label), agreement)
         return time.perf_counter() - start, pred
 
     segmenter(slices[:1].movedim(0, -1), [(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.tensor([1]))])
@@ -144,6 +160,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="taper: the narrowest a box is made where the organ tapers (none: off)")
     parser.add_argument("--follows", nargs="+", type=_optional, default=[None],
                         help="follow: how far each box edge continues its mask's last step (none: off)")
+    parser.add_argument("--agreements", nargs="+", type=_optional, default=[None],
+                        help="prompt-free agreement: a walk goes on where the prompt-free mask agrees (none: off)")
     parser.add_argument("--cache_dir", default=None,
                         help="keep the slices' encodings here between runs (default: a temporary folder)")
     parser.add_argument("--timing", action="store_true", help="also time propagation against the model's compute")
@@ -178,16 +196,16 @@ def main(argv: list[str] | None = None) -> str:
             rows.append(f"| {case} | a 3D box per organ (on every slice it spans) | "
                         + " | ".join(f"{d:.3f}" for d in scores) + f" | {np.mean(scores):.3f} | - "
                         f"| {time.perf_counter() - start:.0f} |")
-            for margin, overlap, growth, shift, taper, follow in itertools.product(
-                    args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows):
+            for margin, overlap, growth, shift, taper, follow, agreement in itertools.product(
+                    args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows, args.agreements):
                 extra = "".join(f", {name} {value:g}" for name, value in (("max_growth", growth), ("max_shift", shift),
-                                                                          ("taper", taper), ("follow", follow))
+                                                                          ("taper", taper), ("follow", follow),
+                                                                          ("prompt-free agreement", agreement))
                                 if value is not None)
                 for kind, seeds in (("key slice", seeds_of(label)), ("3D box, propagated", seeds_3d(label))):
                     start = time.perf_counter()
-                    pred, reached = propagate(segmenter, image, seeds, margin=margin, min_overlap=overlap,
-                                              max_growth=growth, max_shift=shift, taper=taper,
-                                              follow=follow)
+                    pred, reached = walk(segmenter, image, seeds, agreement, margin=margin, min_overlap=overlap,
+                                         max_growth=growth, max_shift=shift, taper=taper, follow=follow)
                     scores = [dice(pred, label, c) for c in ORGANS]
                     span = ", ".join(f"{len(reached.get(c, []))}/{on[c]}" for c in ORGANS)
                     rows.append(f"| {case} | {kind}, margin {margin:g}, min_overlap {overlap:g}{extra} | "
@@ -207,12 +225,17 @@ def main(argv: list[str] | None = None) -> str:
                "its 3D bounding box propagated from its middle slice within itself (3D box); 3D Dice on the label "
                "map. `propagate`'s defaults: margin 0 (chosen on patient 10), max_growth 0.1 and max_shift 2 "
                "(chosen on patients 02, 01, 03, 05 with min_overlap 0.7: section `propagation_tuning`), taper 0.7 "
-               "and min_overlap 0.6 (chosen on the same patients: section `propagation_taper`). Issue 11's target: "
+               "and min_overlap 0.6 (chosen on the same patients: section `propagation_taper`). `prompt-free "
+               "agreement 0.3`: the organs' prompt-free masks (the shipped checkpoint is class-conditioned) are the "
+               "walks' second opinion, a walk that would stop for `min_overlap` goes on where the class's prompt-free "
+               "mask agrees with its new mask (IoU >= 0.3), what the bundle does since 0.6.4 (chosen on the same "
+               "patients: section `propagation_second_opinion`). Issue 11's target: "
                "within 0.03 of a box on every slice. Times include "
                "encoding only where the slice was not yet cached (the per-slice row encodes every slice first)."
                "\n\n" + "\n".join(rows) + "\n")
     if args.timing:
-        section += ("\nTime, nothing cached (key-slice seeds, the defaults): one propagation against the model's own "
+        section += ("\nTime, nothing cached (key-slice seeds, the defaults, prompt-free agreement 0.3): one "
+                    "propagation against the model's own "
                     "compute for the same work (the slices it encoded, each once, with one box per structure found "
                     "there, through `SliceSegmenter`), after one slice segmented untimed, in three rounds, "
                     "propagation first in rounds 1 and 3, last in round 2. Issue 11's target: at most 1.15."

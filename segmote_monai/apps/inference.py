@@ -103,8 +103,9 @@ class BundleInference:
             class's largest mask.
         auto_seed_margin: with ``auto_propagate``, each seed's box is its mask's box widened by this fraction of its
             size on each side.
-        auto_agreement: with ``auto_propagate``, a walk goes on past a slice its mask changes too much on where the
-            class's prompt-free mask agrees with it (IoU at least this; None: never).
+        prompt_free_agreement: class-conditioned models: a walk (automatic, or from a propagated box) goes on past a
+            slice its mask changes too much on where the class's prompt-free mask agrees with it (IoU at least this;
+            None: never).
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, prompt-free: on a volume from one automatic seed per class, propagated, unless
@@ -135,7 +136,7 @@ class BundleInference:
         auto_propagate: bool = True,
         auto_min_area_fraction: float = 0.5,
         auto_seed_margin: float = 0.1,
-        auto_agreement: float | None = 0.3,
+        prompt_free_agreement: float | None = 0.3,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -153,7 +154,8 @@ class BundleInference:
                                             auto_classes=sorted(self.labels) if network.class_conditioned else None,
                                             auto_presence=auto_presence, auto_propagate=auto_propagate,
                                             auto_min_area_fraction=auto_min_area_fraction,
-                                            auto_seed_margin=auto_seed_margin, auto_agreement=auto_agreement,
+                                            auto_seed_margin=auto_seed_margin,
+                                            prompt_free_agreement=prompt_free_agreement,
                                             class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)

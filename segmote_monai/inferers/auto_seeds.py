@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from segmote_monai.data.slicing import volume_to_slices
+from segmote_monai.inferers.prompt_free import decode_prompt_free
 from segmote_monai.inferers.propagation import _next_box, propagate
 from segmote_monai.inferers.slices import SliceSegmenter, check_options
 from segmote_monai.transforms.array import box_of_mask
@@ -128,13 +129,7 @@ def auto_seeds(segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence
     for z in range(len(slices)):
         if z not in embeddings:
             embeddings[z] = segmenter.embed(segmenter.preprocess(slices[z])[None]).to(device)
-        out = model.predict(image_embeddings=embeddings[z], image_index=torch.zeros_like(class_ids),
-                            class_ids=class_ids)
-        logits = segmenter._unresize(out.masks.cpu(), hw)[:, 0]
-        # a pixel that several classes claim goes to the one with the highest logit
-        winner = logits.argmax(0)
-        prompt_free[:, z] = (logits > 0) & (winner == torch.arange(len(logits))[:, None, None])
-        quality[:, z] = out.iou_predictions[:, 0].cpu()
+        prompt_free[:, z], quality[:, z] = decode_prompt_free(segmenter, embeddings[z], class_ids, hw)
     if masks is not None:
         masks.update({int(c): prompt_free[k] for k, c in enumerate(classes)})
     area = prompt_free.flatten(2).sum(2).float()

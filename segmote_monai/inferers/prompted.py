@@ -17,6 +17,7 @@ from monai.inferers import Inferer
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.errors import RequestError
 from segmote_monai.inferers.auto_seeds import propagate_auto
+from segmote_monai.inferers.prompt_free import PromptFreeMasks
 from segmote_monai.inferers.propagation import propagate
 from segmote_monai.inferers.slices import SliceSegmenter, check_options
 from segmote_monai.networks.segmote import SegMoTE
@@ -42,9 +43,10 @@ class PromptedSliceInferer(Inferer):
             class's largest mask (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`).
         auto_seed_margin: with ``auto_propagate``, each seed's box is its mask's box widened by this fraction of
             its size on each side (:func:`~segmote_monai.inferers.auto_seeds.auto_seeds`).
-        auto_agreement: with ``auto_propagate``, a walk goes on past a slice its mask changes too much on where the
-            class's prompt-free mask agrees with it (IoU at least this; None: never)
-            (:func:`~segmote_monai.inferers.auto_seeds.propagate_auto`).
+        prompt_free_agreement: class-conditioned models (``auto_classes``): a walk, from automatic seeds or from a
+            user's propagated box, goes on past a slice its mask changes too much on where the class's prompt-free
+            mask agrees with it (IoU at least this; None: never; :class:`~segmote_monai.inferers.prompt_free.
+            PromptFreeMasks`, decoded only on those slices for a user's box).
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
@@ -57,12 +59,12 @@ class PromptedSliceInferer(Inferer):
     def __init__(self, *, backbone: str, batch_size: int = 8, cache: EmbeddingCache | None = None,
                  overlap: str = "smaller", prompt_free_class: int = 1, auto_classes: Sequence[int] | None = None,
                  auto_presence: bool = True, auto_propagate: bool = True, auto_min_area_fraction: float = 0.5,
-                 auto_seed_margin: float = 0.1, auto_agreement: float | None = 0.3, class_boxes: bool = False,
-                 ppt_beside_boxes: bool = False,
+                 auto_seed_margin: float = 0.1, prompt_free_agreement: float | None = 0.3,
+                 class_boxes: bool = False, ppt_beside_boxes: bool = False,
                  propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_options(batch_size=batch_size, overlap=overlap, min_area_fraction=auto_min_area_fraction,
-                      seed_margin=auto_seed_margin, agreement=auto_agreement)
+                      seed_margin=auto_seed_margin, agreement=prompt_free_agreement)
         self.backbone = backbone
         self.batch_size = batch_size
         self.cache = cache
@@ -73,7 +75,7 @@ class PromptedSliceInferer(Inferer):
         self.auto_propagate = bool(auto_propagate)
         self.auto_min_area_fraction = auto_min_area_fraction
         self.auto_seed_margin = auto_seed_margin
-        self.auto_agreement = auto_agreement
+        self.prompt_free_agreement = prompt_free_agreement
         self.class_boxes = bool(class_boxes)
         self.ppt_beside_boxes = ppt_beside_boxes
         self.propagation = dict(propagation or {})
@@ -99,12 +101,18 @@ class PromptedSliceInferer(Inferer):
         if seeds:
             if self.ppt_beside_boxes:
                 raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
-            labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, **self.propagation)
+            # a class-conditioned model's prompt-free masks are the walks' second opinion, decoded where asked
+            embeddings: dict[int, torch.Tensor] = {}
+            opinion = ({} if not self.auto_classes or self.prompt_free_agreement is None else
+                       {"agree": PromptFreeMasks(segmenter, image, self.auto_classes, embeddings=embeddings),
+                        "min_agreement": self.prompt_free_agreement})
+            labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, embeddings=embeddings,
+                                                  **self.propagation, **opinion)
         elif prompts is None and self.auto_classes and self.auto_propagate and image.ndim == 4 and image.shape[-1] > 1:
             labels, self.last_reached = propagate_auto(segmenter, image, self.auto_classes,
                                                        min_area_fraction=self.auto_min_area_fraction,
                                                        seed_margin=self.auto_seed_margin,
-                                                       agreement=self.auto_agreement,
+                                                       agreement=self.prompt_free_agreement,
                                                        **self.propagation)
         elif prompts is None and self.auto_classes:
             labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence)

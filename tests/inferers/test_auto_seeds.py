@@ -157,7 +157,7 @@ def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_e
     with pytest.raises(RequestError, match="seed_margin must be in"):
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_seed_margin=1.5)
     with pytest.raises(RequestError, match=r"agreement must be in \[0, 1\] \(or null\), got 2"):
-        PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_agreement=2)
+        PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], prompt_free_agreement=2)
 
 
 def test_a_class_found_nowhere_gets_no_seed():

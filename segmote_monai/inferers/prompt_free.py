@@ -1,0 +1,92 @@
+"""The class-conditioned prompt-free masks of a volume's slices: every class asked for with no prompt, a pixel that
+several classes claim given to the one with the highest logit.
+
+:func:`~segmote_monai.inferers.auto_seeds.auto_seeds` decodes them on every slice to choose its seeds;
+:class:`PromptFreeMasks` decodes them only on the slices a walk asks about, the second opinion of
+:func:`~segmote_monai.inferers.propagation.propagate` for a user's key-slice or 3D box (a walk that would stop goes
+on where the class's prompt-free mask agrees with its new mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+
+from segmote_monai.data.slicing import volume_to_slices
+from segmote_monai.inferers.slices import SliceSegmenter
+
+__all__ = ["PromptFreeMasks", "decode_prompt_free"]
+
+
+@torch.no_grad()
+def decode_prompt_free(segmenter: SliceSegmenter, embedding: torch.Tensor, class_ids: torch.Tensor,
+                       hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exclusive prompt-free masks [K, H, W] bool and predicted IoUs [K] of the classes ``class_ids`` ([K], the ids
+    the model is told) on one slice, from its encoder output ``embedding`` [1, D, h, w]; ``hw``: the slice's size."""
+    model = segmenter.model
+    out = model.predict(image_embeddings=embedding, image_index=torch.zeros_like(class_ids), class_ids=class_ids)
+    logits = segmenter._unresize(out.masks.cpu(), hw)[:, 0]
+    # a pixel that several classes claim goes to the one with the highest logit
+    winner = logits.argmax(0)
+    masks = (logits > 0) & (winner == torch.arange(len(logits))[:, None, None])
+    return masks, out.iou_predictions[:, 0].cpu()
+
+
+class _ClassMasks:
+    """One class's view of :class:`PromptFreeMasks`: ``[z]`` -> its [H, W] bool mask on slice ``z``."""
+
+    def __init__(self, masks: PromptFreeMasks, index: int) -> None:
+        self._masks, self._index = masks, index
+
+    def __getitem__(self, z: int) -> torch.Tensor:
+        return self._masks.on_slice(z)[self._index]
+
+
+class PromptFreeMasks(Mapping[int, _ClassMasks]):
+    """Class id -> per-slice prompt-free masks of ``image`` ([C, H, W, S], oriented, in [0, 1]), decoded on a
+    slice the first time any class's mask there is read (one decoder call for every class of ``classes``: the
+    exclusivity needs them all), from ``embeddings`` (slice index -> [1, D, h, w], shared with
+    :func:`~segmote_monai.inferers.propagation.propagate`, so that each slice is encoded once; filled here where a
+    slice is not yet encoded). ``class_offset`` as :class:`SliceSegmenter`'s.
+    """
+
+    def __init__(self, segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence[int], *,
+                 embeddings: dict[int, torch.Tensor], class_offset: int = 0) -> None:
+        if not classes:
+            raise ValueError("PromptFreeMasks needs at least one class")
+        if not getattr(segmenter.model, "class_conditioned", False):
+            raise ValueError("prompt-free masks per class need a class-conditioned model (trained with class_prompts)")
+        self._segmenter = segmenter
+        self._slices = volume_to_slices(torch.as_tensor(image))
+        self._classes = [int(c) for c in classes]
+        self._device = next(segmenter.model.decoder.parameters()).device
+        self._ids = torch.tensor([c + class_offset for c in self._classes], device=self._device)
+        self._embeddings = embeddings
+        self._decoded: dict[int, torch.Tensor] = {}
+
+    def __getitem__(self, class_id: int) -> _ClassMasks:
+        if int(class_id) not in self._classes:
+            raise KeyError(class_id)
+        return _ClassMasks(self, self._classes.index(int(class_id)))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    @property
+    def decoded(self) -> list[int]:
+        """The slices decoded so far (sorted)."""
+        return sorted(self._decoded)
+
+    def on_slice(self, z: int) -> torch.Tensor:
+        """[K, H, W] bool: every class's exclusive mask on slice ``z``, in the order of ``classes``."""
+        if z not in self._decoded:
+            if z not in self._embeddings:
+                slice_ = self._segmenter.preprocess(self._slices[z])[None]
+                self._embeddings[z] = self._segmenter.embed(slice_).to(self._device)
+            self._decoded[z] = decode_prompt_free(self._segmenter, self._embeddings[z], self._ids,
+                                                  tuple(self._slices.shape[-2:]))[0]
+        return self._decoded[z]

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from segmote_monai.inferers import PromptedSliceInferer, SliceSegmenter
+from segmote_monai.inferers.prompt_free import PromptFreeMasks
+from segmote_monai.transforms.prompts import PROMPTS_META_KEY, PROPAGATION_META_KEY, PropagationSeed
+from tests.inferers.test_auto_seeds import ClassFinder
+from tests.inferers.test_auto_seeds import _volume as _two_organs
+from tests.inferers.test_propagation import ObjectInBox
+from tests.inferers.test_propagation import _volume as _walked
+
+
+def test_masks_are_decoded_on_the_slices_read_once_for_every_class_and_exclusive():
+    model = ClassFinder()
+    embeddings: dict[int, torch.Tensor] = {}
+    masks = PromptFreeMasks(SliceSegmenter(model, backbone="tiny"), _two_organs(), [1, 2], embeddings=embeddings)
+    assert list(masks) == [1, 2] and len(masks) == 2 and masks.get(3) is None and masks.decoded == []
+    organ_2 = torch.zeros(64, 64, dtype=torch.bool)
+    organ_2[34:46, 40:50] = True
+    # the decoy strip both classes claim as faintly goes to the first: exclusive, class 2's mask is its organ alone
+    assert torch.equal(masks[2][5], organ_2)
+    assert masks[1][5][54:62, 2:12].all() and not (masks[1][5] & masks[2][5]).any()
+    assert masks.decoded == [5] and sorted(embeddings) == [5] and model.encoded == 1
+    masks[1][5]
+    assert masks.decoded == [5] and model.encoded == 1
+    embeddings[3] = torch.as_tensor(_two_organs())[None, :, :, :, 3]
+    assert masks[1][3][10:24, 8:22].all() and model.encoded == 1  # an encoder output given is not recomputed
+
+
+def test_a_model_without_class_prompts_is_refused():
+    with pytest.raises(ValueError, match="need a class-conditioned model"):
+        PromptFreeMasks(SliceSegmenter(ObjectInBox(), backbone="tiny"), _two_organs(), [1], embeddings={})
+    with pytest.raises(ValueError, match="at least one class"):
+        PromptFreeMasks(SliceSegmenter(ClassFinder(), backbone="tiny"), _two_organs(), [], embeddings={})
+
+
+class BrightFinder(ObjectInBox):
+    """A stand-in class-conditioned SegMoTE whose prompt-free mask of class 1 is every bright pixel of the slice;
+    with a box, the bright pixels inside it (:class:`ObjectInBox`). Counts its prompt-free calls."""
+
+    class_conditioned = True
+    ppt = True
+
+    def __init__(self):
+        super().__init__()
+        self.prompt_free_calls = 0
+
+    def predict(self, *, image_embeddings, boxes=None, image_index=None, class_ids=None):
+        if boxes is not None:
+            return super().predict(image_embeddings=image_embeddings, boxes=boxes)
+        self.prompt_free_calls += 1
+        masks = -torch.ones(len(class_ids), 1, 64, 64)
+        masks[:, 0][:, image_embeddings[0, 0] > 0.5] = 1.0
+        return SimpleNamespace(masks=masks, iou_predictions=torch.ones(len(class_ids), 1), presence_logits=None)
+
+
+@pytest.mark.parametrize("auto_classes,agreement,last,prompt_free_calls", [
+    ([1], 0.3, 7, 1),  # the prompt-free mask on slice 7 vouches for the jump; decoded there alone
+    ([1], 0.9, 6, 1),  # it agrees, but not enough
+    ([1], None, 6, 0),  # no second opinion asked
+    (None, 0.3, 6, 0),  # the inferer's model has no classes to ask for
+])
+def test_a_users_box_walk_takes_the_prompt_free_masks_as_a_second_opinion(auto_classes, agreement, last,
+                                                                           prompt_free_calls):
+    image = _walked()
+    image[0, :, :, 7] = 0.0
+    image[0, 17:40, 8:22, 7] = 1.0  # organ 1's jump of test_propagation's test_a_jump_stops_the_propagation
+    image[0, 40:52, 40:50, 7] = 1.0  # organ 2, outside the walk's box: the prompt-free mask agrees by IoU 0.73
+    volume = MetaTensor(image[None])
+    volume.meta[PROMPTS_META_KEY] = [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))] * 10
+    volume.meta[PROPAGATION_META_KEY] = [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))]
+    model = BrightFinder()
+    inferer = PromptedSliceInferer(backbone="tiny", auto_classes=auto_classes, prompt_free_agreement=agreement,
+                                   propagation={"margin": 1.0, "min_overlap": 0.7, "max_growth": None,
+                                                "max_shift": None})
+    out = inferer(volume, model)
+    assert inferer.last_reached[1] == list(range(2, last + 1))
+    assert out[0, 0, :, :, 7].eq(1).sum() == (23 * 14 if last == 7 else 0)
+    assert model.prompt_free_calls == prompt_free_calls
+    assert model.encoded == len(range(1, last + 2))  # each slice tried once, its prompt-free mask read or not
