@@ -127,9 +127,8 @@ def auto_seeds(segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence
     prompt_free = torch.zeros(len(classes), len(slices), *hw, dtype=torch.bool)
     quality = torch.zeros(len(classes), len(slices))
     for z in range(len(slices)):
-        if z not in embeddings:
-            embeddings[z] = segmenter.embed(segmenter.preprocess(slices[z])[None]).to(device)
-        prompt_free[:, z], quality[:, z] = decode_prompt_free(segmenter, embeddings[z], class_ids, hw)
+        embedding = segmenter.slice_embedding(slices, z, embeddings)
+        prompt_free[:, z], quality[:, z] = decode_prompt_free(segmenter, embedding, class_ids, hw)
     if masks is not None:
         masks.update({int(c): prompt_free[k] for k, c in enumerate(classes)})
     area = prompt_free.flatten(2).sum(2).float()

@@ -84,9 +84,7 @@ class PromptFreeMasks(Mapping[int, _ClassMasks]):
     def on_slice(self, z: int) -> torch.Tensor:
         """[K, H, W] bool: every class's exclusive mask on slice ``z``, in the order of ``classes``."""
         if z not in self._decoded:
-            if z not in self._embeddings:
-                slice_ = self._segmenter.preprocess(self._slices[z])[None]
-                self._embeddings[z] = self._segmenter.embed(slice_).to(self._device)
-            self._decoded[z] = decode_prompt_free(self._segmenter, self._embeddings[z], self._ids,
+            embedding = self._segmenter.slice_embedding(self._slices, z, self._embeddings)
+            self._decoded[z] = decode_prompt_free(self._segmenter, embedding, self._ids,
                                                   tuple(self._slices.shape[-2:]))[0]
         return self._decoded[z]

@@ -159,10 +159,9 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
 
     def decode(z: int, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[K, H, W] mask logits and [K] predicted IoUs of boxes [K, 4] on slice ``z``."""
-        if z not in embeddings:
-            embeddings[z] = segmenter.embed(segmenter.preprocess(slices[z])[None]).to(device)
         scaled = scale_boxes(boxes.float(), hw, segmenter.size).to(device)
-        out = model.predict(image_embeddings=embeddings[z], boxes=scaled)  # one image: every box on it
+        embedding = segmenter.slice_embedding(slices, z, embeddings)
+        out = model.predict(image_embeddings=embedding, boxes=scaled)  # one image: every box on it
         return segmenter._unresize(out.masks.cpu(), hw)[:, 0], out.iou_predictions[:, 0].cpu()
 
     def segment(z: int, box: Sequence[float]) -> tuple[torch.Tensor, float]:

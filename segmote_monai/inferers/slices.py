@@ -76,17 +76,18 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
 def check_options(*, batch_size: int | None = None, overlap: str | None = None,
                   min_area_fraction: float | None = None, seed_margin: float | None = None,
                   agreement: float | None = None) -> None:
-    """Refuses option values a user gave (bundle config keys): :class:`RequestError`, one line (None: not given)."""
+    """Refuses option values a user gave: :class:`RequestError`, one line naming the bundle's config key
+    (``auto_min_area_fraction``, ``auto_seed_margin``, ``prompt_free_agreement``; None: not given)."""
     if batch_size is not None and batch_size < 1:
         raise RequestError(f"batch_size must be >= 1, got {batch_size}")
     if overlap is not None and overlap not in OVERLAP_RULES:
         raise RequestError(f"overlap must be one of {list(OVERLAP_RULES)}, got {overlap!r}")
     if min_area_fraction is not None and not 0.0 <= min_area_fraction <= 1.0:
-        raise RequestError(f"min_area_fraction must be in [0, 1], got {min_area_fraction}")
+        raise RequestError(f"auto_min_area_fraction must be in [0, 1], got {min_area_fraction}")
     if seed_margin is not None and not 0.0 <= seed_margin <= 1.0:
-        raise RequestError(f"seed_margin must be in [0, 1], got {seed_margin}")
+        raise RequestError(f"auto_seed_margin must be in [0, 1], got {seed_margin}")
     if agreement is not None and not 0.0 <= agreement <= 1.0:
-        raise RequestError(f"agreement must be in [0, 1] (or null), got {agreement}")
+        raise RequestError(f"prompt_free_agreement must be in [0, 1] (or null), got {agreement}")
 
 
 class SliceSegmenter:
@@ -131,6 +132,14 @@ class SliceSegmenter:
             return self._encode(inputs)
         device = next(self.model.decoder.parameters()).device
         return self.cache.embed(inputs, self._encode).to(device)
+
+    def slice_embedding(self, slices: torch.Tensor, z: int, embeddings: dict[int, torch.Tensor]) -> torch.Tensor:
+        """[1, D, h, w] encoder output of ``slices[z]`` (``slices``: [S, C, H, W] in [0, 1]): ``embeddings[z]``, or
+        encoded now (through the cache when given) and kept there, so that callers sharing ``embeddings`` (seeds,
+        walks, prompt-free second opinions) encode each slice once."""
+        if z not in embeddings:
+            embeddings[z] = self.embed(self.preprocess(slices[z])[None])
+        return embeddings[z]
 
     def _unresize(self, logits: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
         """[N, 1, S, S] logits -> [N, 1, H, W]: crop the padding, resize back (as MONAI's Resize rounds)."""

@@ -156,7 +156,7 @@ def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_e
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_min_area_fraction=2.0)
     with pytest.raises(RequestError, match="seed_margin must be in"):
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_seed_margin=1.5)
-    with pytest.raises(RequestError, match=r"agreement must be in \[0, 1\] \(or null\), got 2"):
+    with pytest.raises(RequestError, match=r"prompt_free_agreement must be in \[0, 1\] \(or null\), got 2"):
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], prompt_free_agreement=2)
 
 
@@ -177,8 +177,8 @@ def test_a_class_found_nowhere_gets_no_seed():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"classes": []}, "at least one class"),
-    ({"min_area_fraction": 1.5}, r"min_area_fraction must be in \[0, 1\], got 1.5"),
-    ({"seed_margin": -0.1}, r"seed_margin must be in \[0, 1\], got -0.1"),
+    ({"min_area_fraction": 1.5}, r"auto_min_area_fraction must be in \[0, 1\], got 1.5"),
+    ({"seed_margin": -0.1}, r"auto_seed_margin must be in \[0, 1\], got -0.1"),
 ])
 def test_refusals(kwargs, message):
     arguments = {"classes": [1], **kwargs}

@@ -153,6 +153,17 @@ def test_real_network_and_cache(tmp_path):
     assert torch.equal(first, second) and cache.hits == 2 and cache.misses == 2
 
 
+def test_slice_embedding_encodes_a_slice_once_and_keeps_it():
+    model = BoxPainter()
+    segmenter = SliceSegmenter(model, backbone="tiny")
+    slices = torch.rand(3, 1, 32, 48)
+    embeddings = {2: torch.zeros(1, 1, 64, 64)}
+    first = segmenter.slice_embedding(slices, 0, embeddings)
+    assert model.calls == 1 and sorted(embeddings) == [0, 2] and first.shape == (1, 1, 64, 64)
+    assert segmenter.slice_embedding(slices, 0, embeddings) is first and model.calls == 1
+    assert segmenter.slice_embedding(slices, 2, embeddings) is embeddings[2] and model.calls == 1  # given: not encoded
+
+
 def test_prompts_must_cover_every_slice():
     with pytest.raises(ValueError, match="prompts for 2 slices, the image has 5"):
         SliceSegmenter(BoxPainter(), backbone="tiny")(torch.rand(1, 32, 48, 5), [(torch.zeros(0, 4), torch.zeros(0))] * 2)
