@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="keep the encoder's outputs here (default: a temporary folder)")
     parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
     parser.add_argument("--timing", action="store_true", help="time automatic per slice against propagated")
+    parser.add_argument("--reboxes", nargs="+", default=[], type=lambda t: None if t.lower() == "none" else float(t),
+                        help="also propagated with these rebox_below values (none: off)")
+    parser.add_argument("--propagated_only", action="store_true",
+                        help="only the automatic, propagated rows (no per-slice or box rows)")
     parser.add_argument("--section", default="automatic", help="the section's name in BENCHMARKS.md")
     parser.add_argument("--title", default="Automatic multi-class segmentation and class-aware boxes (issue 11)")
     args = parser.parse_args(argv)
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> str:
                     auto = {"auto_classes": list(ORGANS)}
                     runs.append(("automatic (no prompt)", None, auto))
                     runs.append(("automatic, propagated", None, {"propagated": True}))
+                    runs += [(f"automatic, propagated, rebox_below {rebox}", None,
+                              {"propagated": True, "rebox_below": rebox}) for rebox in args.reboxes]
                     if model.presence is not None:
                         runs.append(("automatic (no prompt), presence head off", None,
                                      {**auto, "auto_presence": False}))
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> str:
                     runs.append((f"{kind} on every slice", prompts, {}))
                     if model.class_conditioned:
                         runs.append((f"{kind} on every slice + class", prompts, {"class_boxes": True}))
+                if args.propagated_only:
+                    runs = [run for run in runs if run[2].get("propagated")]
                 if args.timing and model.class_conditioned:
                     for round_, (per_slice, propagated) in enumerate(timing(model, image), start=1):
                         times.append(f"| {name} | {case} | {round_} | {per_slice:.1f} | {propagated:.1f} "
@@ -147,7 +155,10 @@ def main(argv: list[str] | None = None) -> str:
                 for kind, prompts, options in runs:
                     start = time.perf_counter()
                     if options.get("propagated"):
-                        pred, reached = propagate_auto(segmenter, image, list(ORGANS))
+                        # the automatic seeds are key-slice seeds
+                        rebox = ({"rebox_below": options["rebox_below"], "rebox_key_slices": True}
+                                 if "rebox_below" in options else {})
+                        pred, reached = propagate_auto(segmenter, image, list(ORGANS), **rebox)
                         present = {c: torch.nonzero((label[0] == c).flatten(0, 1).any(0))[:, 0].tolist()
                                    for c in ORGANS}
                         print(f"{case} slices reached: " + ", ".join(

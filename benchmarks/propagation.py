@@ -1,7 +1,8 @@
 """One key-slice box (or one 3D box) per organ, propagated through the volume, against a box on every slice.
 
     python benchmarks/propagation.py [--cases 10 21] [--data_dir DIR] [--margins 0] [--overlaps 0.7]
-        [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--agreements none 0.3] [--cache_dir DIR]
+        [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--agreements none 0.3] [--reboxes none 0.9]
+        [--cache_dir DIR]
         [--timing] [--write]
 
 The shipped CHAOS checkpoint (``bundle/models/model.pt``), by default on the embedded test patients 10 and 21
@@ -10,7 +11,9 @@ on, the validation patient and three training patients). The seed of each organ 
 slice's tight box, what a reader would draw, or its 3D bounding box (what a user draws in MONAI Label), propagated
 from its middle slice within itself; rows for a box on every slice and for the 3D box on every slice it spans
 compare. ``--agreements``: with a value, the organs' prompt-free masks are the walks' second opinion, as the bundle
-does for a class-conditioned model (``prompt_free_agreement``). 3D Dice per organ and the slices each propagation
+does for a class-conditioned model (``prompt_free_agreement``); ``--reboxes``: with a value, where a walk's mask
+has a predicted IoU below it, the box of the organ's prompt-free mask near the previous mask is tried too
+(``prompt_free_rebox``). 3D Dice per organ and the slices each propagation
 reached against the slices the organ is on (issue 11).
 Prints a Markdown section (machine, commit, command, figures); ``--write`` puts it in BENCHMARKS.md (section
 ``propagation``, or ``propagation_tuning`` with another ``--data_dir``).
@@ -83,19 +86,20 @@ def dice(pred: torch.Tensor, label: torch.Tensor, c: int) -> float:
 
 
 def walk(segmenter: SliceSegmenter, image: torch.Tensor, seeds: list[PropagationSeed], agreement: float | None,
-         **options) -> tuple[torch.Tensor, dict[int, list[int]]]:
+         rebox: float | None = None, **options) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """``propagate`` as the bundle runs it for a class-conditioned model: with the organs' prompt-free masks as
-    the second opinion (decoded where a walk would stop) unless ``agreement`` is None."""
+    the second opinion (decoded where a walk asks) unless ``agreement`` and ``rebox`` are both None."""
     embeddings: dict[int, torch.Tensor] = {}
-    opinion = {} if agreement is None else {
-        "agree": PromptFreeMasks(segmenter, image, list(ORGANS), embeddings=embeddings), "min_agreement": agreement}
+    opinion = {} if (agreement, rebox) == (None, None) else {
+        "agree": PromptFreeMasks(segmenter, image, list(ORGANS), embeddings=embeddings), "min_agreement": agreement,
+        "rebox_below": rebox}
     return propagate(segmenter, image, seeds, embeddings=embeddings, **options, **opinion)
 
 
-def timing(model, image: torch.Tensor, label: torch.Tensor, rounds: int = 3, agreement: float | None = 0.3
-           ) -> tuple[list[tuple[float, float]], int]:
-    """Seconds of one propagation (defaults, the bundle's prompt-free ``agreement``, key-slice seeds, nothing
-    cached) and of the model's own compute for
+def timing(model, image: torch.Tensor, seeds: list[PropagationSeed], rounds: int = 3, agreement: float | None = 0.3,
+           rebox: float | None = 0.9) -> tuple[list[tuple[float, float]], int]:
+    """Seconds of one propagation of ``seeds`` (defaults, the bundle's prompt-free ``agreement`` and ``rebox``,
+    nothing cached) and of the model's own compute for
     the same work: the slices propagation encoded, each with one box per structure it found there (a whole-slice
     box on a slice where a walk stopped), through :class:`SliceSegmenter`. After one slice encoded and decoded
     untimed (the first calls of a process are slower), ``rounds`` rounds, the order swapped from one to the next;
@@ -111,7 +115,7 @@ def timing(model, image: torch.Tensor, label: torch.Tensor, rounds: int = 3, agr
 
     def timed_propagation() -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
-        pred, _ = walk(segmenter, image, seeds_of(label), agreement)
+        pred, _ = walk(segmenter, image, seeds, agreement, rebox)
         return time.perf_counter() - start, pred
 
     segmenter(slices[:1].movedim(0, -1), [(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.tensor([1]))])
@@ -162,9 +166,16 @@ def main(argv: list[str] | None = None) -> str:
                         help="follow: how far each box edge continues its mask's last step (none: off)")
     parser.add_argument("--agreements", nargs="+", type=_optional, default=[None],
                         help="prompt-free agreement: a walk goes on where the prompt-free mask agrees (none: off)")
+    parser.add_argument("--reboxes", nargs="+", type=_optional, default=[None],
+                        help="rebox_below: the predicted IoU under which the prompt-free mask's box is tried too")
+    parser.add_argument("--heading", default=None, help="the section's heading (default: from --data_dir)")
+    parser.add_argument("--rebox_key_slices", action="store_true",
+                        help="rebox key-slice seeds too (the bundle reboxes 3D boxes only)")
     parser.add_argument("--cache_dir", default=None,
                         help="keep the slices' encodings here between runs (default: a temporary folder)")
     parser.add_argument("--timing", action="store_true", help="also time propagation against the model's compute")
+    parser.add_argument("--timing_reboxes", nargs="+", type=_optional, default=[0.9],
+                        help="rebox_below values to time (none: off; the bundle's is 0.9)")
     parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
     parser.add_argument("--section", default=None,
                         help="the section's name (default propagation, or propagation_tuning with another --data_dir)")
@@ -173,8 +184,8 @@ def main(argv: list[str] | None = None) -> str:
     load = Compose([LoadPaird(label_values=[0, *ORGANS]), ScaleIntensityByModalityd(keys="image", modality="MR")])
     rows = ["| patient | prompts | " + " | ".join(ORGANS.values()) + " | mean | slices reached / on (per organ) | s |",
             "|---|---|" + "---:|" * (len(ORGANS) + 1) + "---|---:|"]
-    times = ["| patient | round | slices encoded | propagation s | the model's own compute s | ratio |",
-             "|---|---:|---:|---:|---:|---:|"]
+    times = ["| patient | rebox_below | round | slices encoded | propagation s | the model's own compute s | ratio |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         cache = EmbeddingCache.for_model(args.cache_dir or tmp, model,
                                          {"size": 256, "scaling": "modality", "slice_axis": "axial"})
@@ -196,16 +207,19 @@ def main(argv: list[str] | None = None) -> str:
             rows.append(f"| {case} | a 3D box per organ (on every slice it spans) | "
                         + " | ".join(f"{d:.3f}" for d in scores) + f" | {np.mean(scores):.3f} | - "
                         f"| {time.perf_counter() - start:.0f} |")
-            for margin, overlap, growth, shift, taper, follow, agreement in itertools.product(
-                    args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows, args.agreements):
+            for margin, overlap, growth, shift, taper, follow, agreement, rebox in itertools.product(
+                    args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows, args.agreements,
+                    args.reboxes):
                 extra = "".join(f", {name} {value:g}" for name, value in (("max_growth", growth), ("max_shift", shift),
                                                                           ("taper", taper), ("follow", follow),
-                                                                          ("prompt-free agreement", agreement))
+                                                                          ("prompt-free agreement", agreement),
+                                                                          ("rebox_below", rebox))
                                 if value is not None)
                 for kind, seeds in (("key slice", seeds_of(label)), ("3D box, propagated", seeds_3d(label))):
                     start = time.perf_counter()
-                    pred, reached = walk(segmenter, image, seeds, agreement, margin=margin, min_overlap=overlap,
-                                         max_growth=growth, max_shift=shift, taper=taper, follow=follow)
+                    pred, reached = walk(segmenter, image, seeds, agreement, rebox, margin=margin,
+                                         min_overlap=overlap, max_growth=growth, max_shift=shift, taper=taper,
+                                         follow=follow, rebox_key_slices=args.rebox_key_slices)
                     scores = [dice(pred, label, c) for c in ORGANS]
                     span = ", ".join(f"{len(reached.get(c, []))}/{on[c]}" for c in ORGANS)
                     rows.append(f"| {case} | {kind}, margin {margin:g}, min_overlap {overlap:g}{extra} | "
@@ -213,13 +227,16 @@ def main(argv: list[str] | None = None) -> str:
                                 f"| {time.perf_counter() - start:.0f} |")
                     print(rows[-1], flush=True)
             if args.timing:
-                pairs, count = timing(model, image, label)
-                for r, (propagated, own) in enumerate(pairs, 1):
-                    times.append(f"| {case} | {r} | {count} | {propagated:.1f} | {own:.1f} | {propagated / own:.2f} |")
-                    print(times[-1], flush=True)
+                for rebox in args.timing_reboxes:
+                    pairs, count = timing(model, image, seeds_3d(label), rebox=rebox)
+                    for r, (propagated, own) in enumerate(pairs, 1):
+                        times.append(f"| {case} | {rebox if rebox is not None else 'off'} | {r} | {count} "
+                                     f"| {propagated:.1f} | {own:.1f} | {propagated / own:.2f} |")
+                        print(times[-1], flush=True)
     tuning = Path(args.data_dir).resolve() != (BUNDLE / "data/chaos_t2").resolve()
     heading = ("## One key-slice box or one 3D box per organ, propagated (issue 11)" if not tuning else
                f"## Propagation: tuning on patients {', '.join(args.cases)} (issue 11)")
+    heading = f"## {args.heading}" if args.heading else heading
     section = (heading + "\n\n" + provenance()
                + "\n\nShipped CHAOS checkpoint; seeds: each organ's largest slice and its tight box (key slice), or "
                "its 3D bounding box propagated from its middle slice within itself (3D box); 3D Dice on the label "
@@ -229,12 +246,16 @@ def main(argv: list[str] | None = None) -> str:
                "agreement 0.3`: the organs' prompt-free masks (the shipped checkpoint is class-conditioned) are the "
                "walks' second opinion, a walk that would stop for `min_overlap` goes on where the class's prompt-free "
                "mask agrees with its new mask (IoU >= 0.3), what the bundle does since 0.6.4 (chosen on the same "
-               "patients: section `propagation_second_opinion`). Issue 11's target: "
+               "patients: section `propagation_second_opinion`). `rebox_below 0.9`: where a walk's mask has a "
+               "predicted IoU below 0.9, the box of the organ's prompt-free mask near the previous mask is decoded too "
+               "and the mask with the higher predicted IoU kept, what the bundle does since 0.6.5 (`prompt_free_rebox`,"
+               " chosen on the same patients: section `propagation_rebox`). Issue 11's target: "
                "within 0.03 of a box on every slice. Times include "
                "encoding only where the slice was not yet cached (the per-slice row encodes every slice first)."
                "\n\n" + "\n".join(rows) + "\n")
     if args.timing:
-        section += ("\nTime, nothing cached (key-slice seeds, the defaults, prompt-free agreement 0.3): one "
+        section += ("\nTime, nothing cached (3D-box seeds, the defaults, prompt-free agreement 0.3, "
+                    "rebox_below as given): one "
                     "propagation against the model's own "
                     "compute for the same work (the slices it encoded, each once, with one box per structure found "
                     "there, through `SliceSegmenter`), after one slice segmented untimed, in three rounds, "

@@ -106,6 +106,9 @@ class BundleInference:
         prompt_free_agreement: class-conditioned models: a walk (automatic, or from a propagated box) goes on past a
             slice its mask changes too much on where the class's prompt-free mask agrees with it (IoU at least this;
             None: never).
+        prompt_free_rebox: class-conditioned models: where a walk from a propagated 3D box gets a mask the model
+            rates below this predicted IoU, the box of the class's prompt-free mask there is tried too and the better
+            rated mask kept (None: never).
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, prompt-free: on a volume from one automatic seed per class, propagated, unless
@@ -137,6 +140,7 @@ class BundleInference:
         auto_min_area_fraction: float = 0.5,
         auto_seed_margin: float = 0.1,
         prompt_free_agreement: float | None = 0.3,
+        prompt_free_rebox: float | None = 0.9,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -156,6 +160,7 @@ class BundleInference:
                                             auto_min_area_fraction=auto_min_area_fraction,
                                             auto_seed_margin=auto_seed_margin,
                                             prompt_free_agreement=prompt_free_agreement,
+                                            prompt_free_rebox=prompt_free_rebox,
                                             class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)

@@ -47,6 +47,10 @@ class PromptedSliceInferer(Inferer):
             user's propagated box, goes on past a slice its mask changes too much on where the class's prompt-free
             mask agrees with it (IoU at least this; None: never; :class:`~segmote_monai.inferers.prompt_free.
             PromptFreeMasks`, decoded only on those slices for a user's box).
+        prompt_free_rebox: class-conditioned models (``auto_classes``): where a walk from a user's propagated 3D
+            box gets a mask whose predicted IoU is below this, the box of the class's prompt-free mask near the
+            previous mask is tried too and the mask with the higher predicted IoU kept (``rebox_below`` of
+            :func:`~segmote_monai.inferers.propagation.propagate`, which says why 3D boxes only; None: never).
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
@@ -60,11 +64,11 @@ class PromptedSliceInferer(Inferer):
                  overlap: str = "smaller", prompt_free_class: int = 1, auto_classes: Sequence[int] | None = None,
                  auto_presence: bool = True, auto_propagate: bool = True, auto_min_area_fraction: float = 0.5,
                  auto_seed_margin: float = 0.1, prompt_free_agreement: float | None = 0.3,
-                 class_boxes: bool = False, ppt_beside_boxes: bool = False,
+                 prompt_free_rebox: float | None = 0.9, class_boxes: bool = False, ppt_beside_boxes: bool = False,
                  propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_options(batch_size=batch_size, overlap=overlap, min_area_fraction=auto_min_area_fraction,
-                      seed_margin=auto_seed_margin, agreement=prompt_free_agreement)
+                      seed_margin=auto_seed_margin, agreement=prompt_free_agreement, rebox=prompt_free_rebox)
         self.backbone = backbone
         self.batch_size = batch_size
         self.cache = cache
@@ -76,6 +80,7 @@ class PromptedSliceInferer(Inferer):
         self.auto_min_area_fraction = auto_min_area_fraction
         self.auto_seed_margin = auto_seed_margin
         self.prompt_free_agreement = prompt_free_agreement
+        self.prompt_free_rebox = prompt_free_rebox
         self.class_boxes = bool(class_boxes)
         self.ppt_beside_boxes = ppt_beside_boxes
         self.propagation = dict(propagation or {})
@@ -103,9 +108,10 @@ class PromptedSliceInferer(Inferer):
                 raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
             # a class-conditioned model's prompt-free masks are the walks' second opinion, decoded where asked
             embeddings: dict[int, torch.Tensor] = {}
-            opinion = ({} if not self.auto_classes or self.prompt_free_agreement is None else
+            uses = (self.prompt_free_agreement, self.prompt_free_rebox)
+            opinion = ({} if not self.auto_classes or uses == (None, None) else
                        {"agree": PromptFreeMasks(segmenter, image, self.auto_classes, embeddings=embeddings),
-                        "min_agreement": self.prompt_free_agreement})
+                        "min_agreement": self.prompt_free_agreement, "rebox_below": self.prompt_free_rebox})
             labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, embeddings=embeddings,
                                                   **self.propagation, **opinion)
         elif prompts is None and self.auto_classes and self.auto_propagate and image.ndim == 4 and image.shape[-1] > 1:

@@ -60,6 +60,28 @@ at least ``min_agreement``): the overlap cannot tell an organ that changes shape
 mask that jumped, the model asked with no prompt can. With the shipped (class-conditioned) weights on the four
 tuning patients (BENCHMARKS.md, section ``propagation_second_opinion``): key-slice seeds 0.840 -> 0.868 with
 ``min_agreement`` 0.3 (0.848 with 0.5), 3D boxes 0.843 -> 0.859 (0.847), lower on none of the eight.
+
+What still costs Dice is not where walks stop but the masks they bring back: with no overlap rule at all
+(``min_overlap=0``) the livers are reached on 18-28 of their slices instead of 11-17 and the mean falls (key-slice
+0.868 -> 0.862, 3D 0.859 -> 0.851; so did the intersection over the smaller mask in place of the IoU, an option
+since removed: 0.862 / 0.854). A slice-by-slice trace of the livers (exploratory, its script not kept) showed why:
+once a mask falls short of the organ (or fills a box too large for it) the next box is cut from it and the error
+compounds, down to 0.06-0.60 Dice on slices where the organ's tight box gives 0.91-0.97; there the model's own
+predicted IoU falls (0.59-0.80 against 0.88-0.96 on good slices), while the box of the liver's prompt-free mask
+gives masks it rates 0.84-0.97. Hence ``rebox_below``: where the walk's mask is rated below it, the box of the
+second opinion's mask inside the previous mask's box widened by ``rebox_window`` (0.25 of its size per side) is
+decoded too, and the mask with the higher predicted IoU is kept. Chosen on the same four patients with
+``min_agreement`` 0.3 (BENCHMARKS.md, section ``propagation_rebox``): 0.9 gives key-slice 0.868 -> 0.893 and 3D
+boxes 0.859 -> 0.880, lower on none of the eight (0.8: 0.876 / 0.876; 0.85: 0.880 / 0.876; 0.95 and always: 0.890 /
+0.882: a flat optimum, 0.9 the cheaper). Checked on eight more training patients (section
+``propagation_rebox_check``): 3D boxes 0.862 -> 0.886, higher on all eight; key-slice seeds 0.861 -> 0.864, lower on
+two (a left kidney 0.932 -> 0.733, its walk stopping at 11 of its 20 slices, the cause not traced; held-out patient
+10, measured before this restriction, lost a left kidney too, 0.951 -> 0.725). A 3D box keeps the
+prompt-free box inside the user's box; a key-slice walk has no such bound. So 3D-box seeds only, unless
+``rebox_key_slices``. It costs a prompt-free decode (every class, once per slice, shared) and one box decode on the
+slices where the walk doubts its mask. Not for the automatic mode's walks, whose seeds come from the same
+prompt-free masks: there it lowered two of the four tuning patients (``benchmarks/auto.py --reboxes 0.9``: 02 0.690
+-> 0.643, 03 0.777 -> 0.775; mean 0.789 -> 0.793).
 """
 
 from __future__ import annotations
@@ -120,7 +142,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
               max_growth: float | None = 0.1, max_shift: float | None = 2.0, taper: float | None = 0.7,
               follow: float | None = None, prompts: SlicePrompts | None = None,
               embeddings: dict[int, torch.Tensor] | None = None, agree: Mapping[int, torch.Tensor] | None = None,
-              min_agreement: float = 0.3) -> tuple[torch.Tensor, dict[int, list[int]]]:
+              min_agreement: float | None = 0.3, rebox_below: float | None = None,
+              rebox_window: float = 0.25, rebox_key_slices: bool = False) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Label map [1, H, W, S] of ``image`` ([C, H, W, S], oriented, in [0, 1]) from one seed per structure, and,
     per seeded class, the slices its propagation reached (sorted; empty where the key slice's mask was).
 
@@ -130,7 +153,10 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
     :func:`~segmote_monai.inferers.auto_seeds.auto_seeds`); used, and filled with the slices encoded here.
     ``agree``: class id -> [S, H, W] bool, a second opinion (the class's prompt-free masks): a walk goes on past a
     slice whose mask overlaps the previous one's less than ``min_overlap`` where the second opinion's mask on that
-    slice and the new mask overlap (IoU) at least ``min_agreement``.
+    slice and the new mask overlap (IoU) at least ``min_agreement`` (None: never). ``rebox_below``: where a walk's
+    mask has a predicted IoU below this, the box of the second opinion's mask within the previous mask's box widened
+    by ``rebox_window`` of its size is decoded too, and the mask with the higher predicted IoU kept (None: never);
+    3D-box seeds (``within_box``) only, unless ``rebox_key_slices``.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -144,8 +170,12 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
         raise ValueError(f"max_shift must be > 0 (or None), got {max_shift}")
     if taper is not None and not 0.0 < taper <= 1.0:
         raise ValueError(f"taper must be in (0, 1] (or None), got {taper}")
-    if not 0.0 <= min_agreement <= 1.0:
-        raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"min_agreement must be in [0, 1] (or None), got {min_agreement}")
+    if rebox_below is not None and not 0.0 <= rebox_below <= 1.0:
+        raise ValueError(f"rebox_below must be in [0, 1] (or None), got {rebox_below}")
+    if rebox_window < 0:
+        raise ValueError(f"rebox_window must be >= 0, got {rebox_window}")
     if follow is not None and not 0.0 <= follow <= 1.0:
         raise ValueError(f"follow must be in [0, 1] (or None), got {follow}")
     slices = volume_to_slices(torch.as_tensor(image))
@@ -181,6 +211,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
         first = max(0, seed.first if seed.first is not None else 0)
         last = min(count - 1, seed.last if seed.last is not None else count - 1)
         opinion = agree.get(int(seed.class_id)) if agree is not None else None
+        rebox = opinion is not None and rebox_below is not None and (seed.within_box or rebox_key_slices)
         reached = logits.setdefault(int(seed.class_id), {})
         seen = propagated.setdefault(int(seed.class_id), set())
         key, _ = segment(seed.slice, seed.box)
@@ -207,10 +238,21 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                     # square root of the area ratio), or the model fills the previous, too large box
                     box = _narrowed(box, max(taper, (previous_area / before) ** 0.5))
                 current, quality = segment(z, box)
+                if rebox and quality < rebox_below:
+                    # the walk's box may have drifted (a mask that shrank or filled its box compounds from slice
+                    # to slice); the class's prompt-free mask near the previous one gives an independent box
+                    near = torch.zeros(hw, dtype=torch.bool)
+                    x0, y0, x1, y1 = (round(v) for v in _next_box(previous_box, rebox_window, limits))
+                    near[y0:y1 + 1, x0:x1 + 1] = True
+                    other = opinion[z] & near
+                    if other.any():
+                        alternative, alternative_quality = segment(z, box_of_mask(other).tolist())
+                        if alternative_quality > quality:
+                            current, quality = alternative, alternative_quality
                 mask = current > 0
                 area = int(mask.sum())
                 unlike = _iou(mask, previous) < min_overlap
-                if unlike and opinion is not None and area:
+                if unlike and opinion is not None and min_agreement is not None and area:
                     unlike = _iou(mask, opinion[z]) < min_agreement  # the second opinion vouches for the mask
                 if area < min_pixels or quality < min_iou or unlike:
                     break

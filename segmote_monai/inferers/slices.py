@@ -75,9 +75,10 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
 
 def check_options(*, batch_size: int | None = None, overlap: str | None = None,
                   min_area_fraction: float | None = None, seed_margin: float | None = None,
-                  agreement: float | None = None) -> None:
+                  agreement: float | None = None, rebox: float | None = None) -> None:
     """Refuses option values a user gave: :class:`RequestError`, one line naming the bundle's config key
-    (``auto_min_area_fraction``, ``auto_seed_margin``, ``prompt_free_agreement``; None: not given)."""
+    (``auto_min_area_fraction``, ``auto_seed_margin``, ``prompt_free_agreement``, ``prompt_free_rebox``; None: not
+    given)."""
     if batch_size is not None and batch_size < 1:
         raise RequestError(f"batch_size must be >= 1, got {batch_size}")
     if overlap is not None and overlap not in OVERLAP_RULES:
@@ -88,6 +89,8 @@ def check_options(*, batch_size: int | None = None, overlap: str | None = None,
         raise RequestError(f"auto_seed_margin must be in [0, 1], got {seed_margin}")
     if agreement is not None and not 0.0 <= agreement <= 1.0:
         raise RequestError(f"prompt_free_agreement must be in [0, 1] (or null), got {agreement}")
+    if rebox is not None and not 0.0 <= rebox <= 1.0:
+        raise RequestError(f"prompt_free_rebox must be in [0, 1] (or null), got {rebox}")
 
 
 class SliceSegmenter:

@@ -158,6 +158,8 @@ def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_e
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_seed_margin=1.5)
     with pytest.raises(RequestError, match=r"prompt_free_agreement must be in \[0, 1\] \(or null\), got 2"):
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], prompt_free_agreement=2)
+    with pytest.raises(RequestError, match=r"prompt_free_rebox must be in \[0, 1\] \(or null\), got -1"):
+        PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], prompt_free_rebox=-1)
 
 
 def test_a_class_found_nowhere_gets_no_seed():

@@ -11,7 +11,7 @@ from segmote_monai.inferers.prompt_free import PromptFreeMasks
 from segmote_monai.transforms.prompts import PROMPTS_META_KEY, PROPAGATION_META_KEY, PropagationSeed
 from tests.inferers.test_auto_seeds import ClassFinder
 from tests.inferers.test_auto_seeds import _volume as _two_organs
-from tests.inferers.test_propagation import ObjectInBox
+from tests.inferers.test_propagation import ObjectInBox, _shifted
 from tests.inferers.test_propagation import _volume as _walked
 
 
@@ -83,3 +83,36 @@ def test_a_users_box_walk_takes_the_prompt_free_masks_as_a_second_opinion(auto_c
     assert out[0, 0, :, :, 7].eq(1).sum() == (23 * 14 if last == 7 else 0)
     assert model.prompt_free_calls == prompt_free_calls
     assert model.encoded == len(range(1, last + 2))  # each slice tried once, its prompt-free mask read or not
+
+
+class DoubtfulBrightFinder(BrightFinder):
+    """:class:`BrightFinder` whose predicted IoU of a box's mask is the share of the slice's bright pixels it holds."""
+
+    def predict(self, *, image_embeddings, boxes=None, image_index=None, class_ids=None):
+        out = super().predict(image_embeddings=image_embeddings, boxes=boxes, image_index=image_index,
+                              class_ids=class_ids)
+        if boxes is not None:
+            bright = (image_embeddings[0, 0] > 0.5).sum().clamp(min=1)
+            out.iou_predictions = ((out.masks[:, 0] > 0).flatten(1).sum(1) / bright)[:, None]
+        return out
+
+
+@pytest.mark.parametrize("agreement,rebox,last,columns_on_6", [
+    (0.3, 0.95, 6, 14),  # slice 6's mask holds 13 of the object's 14 columns, rated 13/14: the prompt-free box wins
+    # the prompt-free box on slice 5 overlaps slice 4's mask by 9/17 columns < min_overlap, and with no agreement
+    # asked for nothing vouches for it: the walk stops
+    (None, 0.95, 4, 0),
+    (0.3, None, 6, 11),  # the walk's own box, a pixel wider each slice
+])
+def test_a_users_3d_box_walk_takes_the_prompt_free_masks_box_where_the_model_doubts_its_own(agreement, rebox,
+                                                                                          last, columns_on_6):
+    image = _shifted()
+    volume = MetaTensor(image[None])
+    volume.meta[PROMPTS_META_KEY] = [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))] * image.shape[-1]
+    volume.meta[PROPAGATION_META_KEY] = [PropagationSeed(1, 4, (8.0, 20.0, 26.0, 33.0), 2, 6, within_box=True)]
+    inferer = PromptedSliceInferer(backbone="tiny", auto_classes=[1], prompt_free_agreement=agreement,
+                                   prompt_free_rebox=rebox,
+                                   propagation={"max_growth": None, "max_shift": None, "taper": None})
+    out = inferer(volume, DoubtfulBrightFinder())
+    assert inferer.last_reached[1] == list(range(2, last + 1))
+    assert out[0, 0, :, :, 6].eq(1).sum() == 14 * columns_on_6

@@ -97,6 +97,48 @@ def test_a_second_opinion_that_agrees_carries_the_walk_past_a_jump():
     assert propagate(segmenter, image, seed, agree={2: prompt_free}, min_agreement=0.3, **options)[1][1][-1] == 6
 
 
+class ObjectInBoxWithQuality(ObjectInBox):
+    """:class:`ObjectInBox` whose predicted IoU is the share of the slice's bright pixels its mask holds."""
+
+    def predict(self, *, image_embeddings, boxes):
+        out = super().predict(image_embeddings=image_embeddings, boxes=boxes)
+        bright = (image_embeddings[0, 0] > 0.5).sum().clamp(min=1)
+        out.iou_predictions = ((out.masks[:, 0] > 0).flatten(1).sum(1) / bright)[:, None]
+        return out
+
+
+def _shifted():
+    """[1, 64, 64, 8]: a 14 x 14 object at columns 8-21 on slices 2-4, moved 5 columns right on slices 5-6."""
+    image = torch.zeros(1, 64, 64, 8)
+    for z in range(2, 7):
+        x = 8 if z < 5 else 13
+        image[0, 20:34, x:x + 14, z] = 1.0
+    return image
+
+
+@pytest.mark.parametrize("rebox_below, opinion_class, within_box, key_slices, columns_on_5, columns_on_6", [
+    (None, 1, True, False, 10, 11),  # the walk's box, a pixel wider each slice, catches up one column a slice
+    (0.95, 1, True, False, 12, 14),  # rated 10/14, then 13/14, < 0.95: the prompt-free mask near the last mask's box
+    (0.5, 1, True, False, 10, 11),  # 10/14 >= 0.5: the walk's box is kept
+    (0.95, 2, True, False, 10, 11),  # no prompt-free mask of this class
+    (0.95, 1, False, False, 10, 11),  # a key-slice seed: not reboxed by default
+    (0.95, 1, False, True, 12, 14),
+])
+def test_a_drifting_box_is_replaced_by_the_prompt_free_masks_box_where_the_model_doubts_it(
+        rebox_below, opinion_class, within_box, key_slices, columns_on_5, columns_on_6):
+    image = _shifted()
+    prompt_free = (image[0] > 0.5).permute(2, 0, 1)
+    segmenter = SliceSegmenter(ObjectInBoxWithQuality(), backbone="tiny")
+    # a 3D box spans the object's columns on every slice; a key-slice box its columns on slice 4
+    seed = [PropagationSeed(1, 4, (8.0, 20.0, 26.0 if within_box else 21.0, 33.0), within_box=within_box)]
+    labels, reached = propagate(segmenter, image, seed, agree={opinion_class: prompt_free}, min_agreement=0.3,
+                                rebox_below=rebox_below, rebox_key_slices=key_slices, max_growth=None,
+                                max_shift=None, taper=None)
+    assert reached[1] == [2, 3, 4, 5, 6]
+    for z, columns in ((5, columns_on_5), (6, columns_on_6)):
+        assert torch.equal(labels[0, :, :, z] == 1, prompt_free[z] & (torch.arange(64) < 13 + columns))
+
+
 def test_a_mask_that_grows_again_after_shrinking_stops_the_propagation():
     """Slice 5 shrinks to 12 x 12; on slice 6 the mask fills its whole box (14 x 14, still overlapping by 0.73):
     past the organ's largest slice, 36% more is a spill (boxes not narrowed: the rule alone)."""
@@ -216,7 +258,9 @@ def test_a_3d_box_keeps_every_propagated_box_inside_it():
     ({"margin": -0.1}, 4, "margin must be >= 0"),
     ({"min_pixels": 0}, 4, "min_pixels must be >= 1"),
     ({"min_overlap": 1.5}, 4, r"min_overlap must be in \[0, 1\]"),
-    ({"min_agreement": -0.1}, 4, r"min_agreement must be in \[0, 1\], got -0.1"),
+    ({"min_agreement": -0.1}, 4, r"min_agreement must be in \[0, 1\] \(or None\), got -0.1"),
+    ({"rebox_below": 1.5}, 4, r"rebox_below must be in \[0, 1\] \(or None\), got 1.5"),
+    ({"rebox_window": -1}, 4, r"rebox_window must be >= 0, got -1"),
     ({}, 12, "seed slice 12 of class 1 is outside the image"),
 ])
 def test_refusals(kwargs, seed, message):
