@@ -2,8 +2,7 @@
 
     python benchmarks/propagation.py [--cases 10 21] [--data_dir DIR] [--margins 0] [--overlaps 0.7]
         [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--agreements none 0.3] [--reboxes none 0.9]
-        [--cache_dir DIR]
-        [--timing] [--write]
+        [--rebox_key_slices] [--cache_dir DIR] [--timing [--timing_reboxes none 0.9]] [--write [--section NAME]]
 
 The shipped CHAOS checkpoint (``bundle/models/model.pt``), by default on the embedded test patients 10 and 21
 (``--data_dir ../shared/data/mri_abdomen_chaos_t2 --cases 02 01 03 05``: the patients the stopping rule was tuned
@@ -13,10 +12,11 @@ from its middle slice within itself; rows for a box on every slice and for the 3
 compare. ``--agreements``: with a value, the organs' prompt-free masks are the walks' second opinion, as the bundle
 does for a class-conditioned model (``prompt_free_agreement``); ``--reboxes``: with a value, where a walk's mask
 has a predicted IoU below it, the box of the organ's prompt-free mask near the previous mask is tried too
-(``prompt_free_rebox``). 3D Dice per organ and the slices each propagation
-reached against the slices the organ is on (issue 11).
+(``prompt_free_rebox``; the bundle does it for 3D boxes only, ``--rebox_key_slices`` for key-slice seeds too).
+``--timing`` times 3D-box seeds (the defaults, prompt-free agreement 0.3) with each ``--timing_reboxes``. 3D Dice
+per organ and the slices each propagation reached against the slices the organ is on (issue 11).
 Prints a Markdown section (machine, commit, command, figures); ``--write`` puts it in BENCHMARKS.md (section
-``propagation``, or ``propagation_tuning`` with another ``--data_dir``).
+``propagation``, or ``propagation_tuning`` with another ``--data_dir``; ``--section``, ``--heading`` name it).
 """
 
 from __future__ import annotations

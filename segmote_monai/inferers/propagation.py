@@ -242,7 +242,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                     # the walk's box may have drifted (a mask that shrank or filled its box compounds from slice
                     # to slice); the class's prompt-free mask near the previous one gives an independent box
                     near = torch.zeros(hw, dtype=torch.bool)
-                    x0, y0, x1, y1 = (round(v) for v in _next_box(previous_box, rebox_window, limits))
+                    # a user's 3D box may reach past the image; a negative index would wrap round
+                    x0, y0, x1, y1 = (max(0, round(v)) for v in _next_box(previous_box, rebox_window, limits))
                     near[y0:y1 + 1, x0:x1 + 1] = True
                     other = opinion[z] & near
                     if other.any():
