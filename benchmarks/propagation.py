@@ -36,7 +36,7 @@ from monai.transforms import Compose
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.slicing import volume_to_slices
 from segmote_monai.inferers import SliceSegmenter, prompts_from_label
-from segmote_monai.inferers.prompt_free import PromptFreeMasks
+from segmote_monai.inferers.prompt_free import second_opinion
 from segmote_monai.inferers.propagation import PropagationSeed, propagate
 from segmote_monai.networks import build_from_checkpoint
 from segmote_monai.transforms import LoadPaird, ScaleIntensityByModalityd
@@ -90,9 +90,7 @@ def walk(segmenter: SliceSegmenter, image: torch.Tensor, seeds: list[Propagation
     """``propagate`` as the bundle runs it for a class-conditioned model: with the organs' prompt-free masks as
     the second opinion (decoded where a walk asks) unless ``agreement`` and ``rebox`` are both None."""
     embeddings: dict[int, torch.Tensor] = {}
-    opinion = {} if (agreement, rebox) == (None, None) else {
-        "agree": PromptFreeMasks(segmenter, image, list(ORGANS), embeddings=embeddings), "min_agreement": agreement,
-        "rebox_below": rebox}
+    opinion = second_opinion(segmenter, image, list(ORGANS), embeddings=embeddings, agreement=agreement, rebox=rebox)
     return propagate(segmenter, image, seeds, embeddings=embeddings, **options, **opinion)
 
 

@@ -4,19 +4,21 @@ several classes claim given to the one with the highest logit.
 :func:`~segmote_monai.inferers.auto_seeds.auto_seeds` decodes them on every slice to choose its seeds;
 :class:`PromptFreeMasks` decodes them only on the slices a walk asks about, the second opinion of
 :func:`~segmote_monai.inferers.propagation.propagate` for a user's key-slice or 3D box (a walk that would stop goes
-on where the class's prompt-free mask agrees with its new mask).
+on where the class's prompt-free mask agrees with its new mask; a 3D box's walk that doubts its mask also tries the
+box of that prompt-free mask). :func:`second_opinion` gives ``propagate`` both, as the bundle and its benchmark ask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from segmote_monai.data.slicing import volume_to_slices
 from segmote_monai.inferers.slices import SliceSegmenter
 
-__all__ = ["PromptFreeMasks", "decode_prompt_free"]
+__all__ = ["PromptFreeMasks", "decode_prompt_free", "second_opinion"]
 
 
 @torch.no_grad()
@@ -88,3 +90,15 @@ class PromptFreeMasks(Mapping[int, _ClassMasks]):
             self._decoded[z] = decode_prompt_free(self._segmenter, embedding, self._ids,
                                                   tuple(self._slices.shape[-2:]))[0]
         return self._decoded[z]
+
+
+def second_opinion(segmenter: SliceSegmenter, image: torch.Tensor, classes: Sequence[int] | None, *,
+                   embeddings: dict[int, torch.Tensor], agreement: float | None,
+                   rebox: float | None) -> dict[str, Any]:
+    """:func:`~segmote_monai.inferers.propagation.propagate`'s keyword arguments for a user's seeds on a
+    class-conditioned model: the ``classes``' :class:`PromptFreeMasks` (on the shared ``embeddings``) as ``agree``,
+    ``min_agreement`` ``agreement`` and ``rebox_below`` ``rebox``; none where there are no classes or both are None."""
+    if not classes or (agreement, rebox) == (None, None):
+        return {}
+    return {"agree": PromptFreeMasks(segmenter, image, classes, embeddings=embeddings), "min_agreement": agreement,
+            "rebox_below": rebox}

@@ -17,7 +17,7 @@ from monai.inferers import Inferer
 from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.errors import RequestError
 from segmote_monai.inferers.auto_seeds import propagate_auto
-from segmote_monai.inferers.prompt_free import PromptFreeMasks
+from segmote_monai.inferers.prompt_free import second_opinion
 from segmote_monai.inferers.propagation import propagate
 from segmote_monai.inferers.slices import SliceSegmenter, check_options
 from segmote_monai.networks.segmote import SegMoTE
@@ -108,10 +108,8 @@ class PromptedSliceInferer(Inferer):
                 raise RequestError("propagated boxes are not supported for a binary model that adds PPT beside boxes")
             # a class-conditioned model's prompt-free masks are the walks' second opinion, decoded where asked
             embeddings: dict[int, torch.Tensor] = {}
-            uses = (self.prompt_free_agreement, self.prompt_free_rebox)
-            opinion = ({} if not self.auto_classes or uses == (None, None) else
-                       {"agree": PromptFreeMasks(segmenter, image, self.auto_classes, embeddings=embeddings),
-                        "min_agreement": self.prompt_free_agreement, "rebox_below": self.prompt_free_rebox})
+            opinion = second_opinion(segmenter, image, self.auto_classes, embeddings=embeddings,
+                                     agreement=self.prompt_free_agreement, rebox=self.prompt_free_rebox)
             labels, self.last_reached = propagate(segmenter, image, seeds, prompts=prompts, embeddings=embeddings,
                                                   **self.propagation, **opinion)
         elif prompts is None and self.auto_classes and self.auto_propagate and image.ndim == 4 and image.shape[-1] > 1:

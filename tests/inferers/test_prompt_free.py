@@ -7,7 +7,7 @@ import torch
 from monai.data import MetaTensor
 
 from segmote_monai.inferers import PromptedSliceInferer, SliceSegmenter
-from segmote_monai.inferers.prompt_free import PromptFreeMasks
+from segmote_monai.inferers.prompt_free import PromptFreeMasks, second_opinion
 from segmote_monai.transforms.prompts import PROMPTS_META_KEY, PROPAGATION_META_KEY, PropagationSeed
 from tests.inferers.test_auto_seeds import ClassFinder
 from tests.inferers.test_auto_seeds import _volume as _two_organs
@@ -116,3 +116,18 @@ def test_a_users_3d_box_walk_takes_the_prompt_free_masks_box_where_the_model_dou
     out = inferer(volume, DoubtfulBrightFinder())
     assert inferer.last_reached[1] == list(range(2, last + 1))
     assert out[0, 0, :, :, 6].eq(1).sum() == 14 * columns_on_6
+
+
+@pytest.mark.parametrize("classes,agreement,rebox,keys", [
+    ([1, 2], 0.3, 0.9, {"agree", "min_agreement", "rebox_below"}),
+    ([1, 2], None, 0.9, {"agree", "min_agreement", "rebox_below"}),
+    ([1, 2], None, None, set()),  # nothing asked of the prompt-free masks: none built
+    (None, 0.3, 0.9, set()),  # a model without classes
+])
+def test_second_opinion_gives_propagate_the_prompt_free_masks_only_where_asked(classes, agreement, rebox, keys):
+    segmenter = SliceSegmenter(ClassFinder(), backbone="tiny")
+    opinion = second_opinion(segmenter, _two_organs(), classes, embeddings={}, agreement=agreement, rebox=rebox)
+    assert set(opinion) == keys
+    if keys:
+        assert list(opinion["agree"]) == classes and opinion["agree"].decoded == []  # nothing decoded yet
+        assert (opinion["min_agreement"], opinion["rebox_below"]) == (agreement, rebox)
