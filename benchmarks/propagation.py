@@ -2,7 +2,8 @@
 
     python benchmarks/propagation.py [--cases 10 21] [--data_dir DIR] [--margins 0] [--overlaps 0.7]
         [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--agreements none 0.3] [--reboxes none 0.9]
-        [--rebox_key_slices] [--cache_dir DIR] [--timing [--timing_reboxes none 0.9]] [--write [--section NAME]]
+        [--exclusives no yes] [--rebox_touching yes no] [--rebox_key_slices] [--cache_dir DIR]
+        [--timing [--timing_reboxes none 0.9]] [--write [--section NAME]]
 
 The shipped CHAOS checkpoint (``bundle/models/model.pt``), by default on the embedded test patients 10 and 21
 (``--data_dir ../shared/data/mri_abdomen_chaos_t2 --cases 02 01 03 05``: the patients the stopping rule was tuned
@@ -12,7 +13,10 @@ from its middle slice within itself; rows for a box on every slice and for the 3
 compare. ``--agreements``: with a value, the organs' prompt-free masks are the walks' second opinion, as the bundle
 does for a class-conditioned model (``prompt_free_agreement``); ``--reboxes``: with a value, where a walk's mask
 has a predicted IoU below it, the box of the organ's prompt-free mask near the previous mask is tried too
-(``prompt_free_rebox``; the bundle does it for 3D boxes only, ``--rebox_key_slices`` for key-slice seeds too).
+(``prompt_free_rebox``; the bundle does it for 3D boxes only, ``--rebox_key_slices`` for key-slice seeds too);
+``--exclusives yes``: each slice's prompt-free masks decoded for every organ, a pixel to the highest logit (the
+bundle decodes the walk's organ alone); ``--rebox_touching no``: the rebox box from all of the prompt-free mask near
+the previous mask, not only its parts that touch it.
 ``--timing`` times 3D-box seeds (the defaults, prompt-free agreement 0.3) with each ``--timing_reboxes``. 3D Dice
 per organ and the slices each propagation reached against the slices the organ is on (issue 11).
 Prints a Markdown section (machine, commit, command, figures); ``--write`` puts it in BENCHMARKS.md (section
@@ -86,16 +90,17 @@ def dice(pred: torch.Tensor, label: torch.Tensor, c: int) -> float:
 
 
 def walk(segmenter: SliceSegmenter, image: torch.Tensor, seeds: list[PropagationSeed], agreement: float | None,
-         rebox: float | None = None, **options) -> tuple[torch.Tensor, dict[int, list[int]]]:
+         rebox: float | None = None, exclusive: bool = True, **options) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """``propagate`` as the bundle runs it for a class-conditioned model: with the organs' prompt-free masks as
     the second opinion (decoded where a walk asks) unless ``agreement`` and ``rebox`` are both None."""
     embeddings: dict[int, torch.Tensor] = {}
-    opinion = second_opinion(segmenter, image, list(ORGANS), embeddings=embeddings, agreement=agreement, rebox=rebox)
+    opinion = second_opinion(segmenter, image, list(ORGANS), embeddings=embeddings, agreement=agreement, rebox=rebox,
+                             exclusive=exclusive)
     return propagate(segmenter, image, seeds, embeddings=embeddings, **options, **opinion)
 
 
 def timing(model, image: torch.Tensor, seeds: list[PropagationSeed], rounds: int = 3, agreement: float | None = 0.3,
-           rebox: float | None = 0.9) -> tuple[list[tuple[float, float]], int]:
+           rebox: float | None = 0.9, exclusive: bool = True) -> tuple[list[tuple[float, float]], int]:
     """Seconds of one propagation of ``seeds`` (defaults, the bundle's prompt-free ``agreement`` and ``rebox``,
     nothing cached) and of the model's own compute for
     the same work: the slices propagation encoded, each with one box per structure it found there (a whole-slice
@@ -113,7 +118,7 @@ def timing(model, image: torch.Tensor, seeds: list[PropagationSeed], rounds: int
 
     def timed_propagation() -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
-        pred, _ = walk(segmenter, image, seeds, agreement, rebox)
+        pred, _ = walk(segmenter, image, seeds, agreement, rebox, exclusive)
         return time.perf_counter() - start, pred
 
     segmenter(slices[:1].movedim(0, -1), [(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.tensor([1]))])
@@ -149,6 +154,12 @@ def _optional(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def _yes(text: str) -> bool:
+    if text.lower() not in ("yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return text.lower() == "yes"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["10", "21"])
@@ -166,6 +177,12 @@ def main(argv: list[str] | None = None) -> str:
                         help="prompt-free agreement: a walk goes on where the prompt-free mask agrees (none: off)")
     parser.add_argument("--reboxes", nargs="+", type=_optional, default=[None],
                         help="rebox_below: the predicted IoU under which the prompt-free mask's box is tried too")
+    parser.add_argument("--exclusives", nargs="+", type=_yes, default=[False],
+                        help="yes: a pixel several classes' prompt-free masks claim goes to the highest logit (every "
+                             "class decoded where one is read); no (the bundle's): only the walk's class decoded")
+    parser.add_argument("--rebox_touching", nargs="+", type=_yes, default=[True],
+                        help="yes (the bundle's): the rebox takes only the parts of the prompt-free mask that touch "
+                             "the previous mask; no: all of it within the window")
     parser.add_argument("--heading", default=None, help="the section's heading (default: from --data_dir)")
     parser.add_argument("--rebox_key_slices", action="store_true",
                         help="rebox key-slice seeds too (the bundle reboxes 3D boxes only)")
@@ -205,19 +222,25 @@ def main(argv: list[str] | None = None) -> str:
             rows.append(f"| {case} | a 3D box per organ (on every slice it spans) | "
                         + " | ".join(f"{d:.3f}" for d in scores) + f" | {np.mean(scores):.3f} | - "
                         f"| {time.perf_counter() - start:.0f} |")
-            for margin, overlap, growth, shift, taper, follow, agreement, rebox in itertools.product(
+            for (margin, overlap, growth, shift, taper, follow, agreement, rebox, exclusive,
+                 touching) in itertools.product(
                     args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows, args.agreements,
-                    args.reboxes):
+                    args.reboxes, args.exclusives, args.rebox_touching):
+                if rebox is None and touching != args.rebox_touching[0]:
+                    continue  # without a rebox the bound changes nothing
                 extra = "".join(f", {name} {value:g}" for name, value in (("max_growth", growth), ("max_shift", shift),
                                                                           ("taper", taper), ("follow", follow),
                                                                           ("prompt-free agreement", agreement),
                                                                           ("rebox_below", rebox))
                                 if value is not None)
+                extra += ", prompt-free masks per class" if not exclusive and (agreement, rebox) != (None, None) else ""
+                extra += ", rebox not touching" if rebox is not None and not touching else ""
                 for kind, seeds in (("key slice", seeds_of(label)), ("3D box, propagated", seeds_3d(label))):
                     start = time.perf_counter()
-                    pred, reached = walk(segmenter, image, seeds, agreement, rebox, margin=margin,
+                    pred, reached = walk(segmenter, image, seeds, agreement, rebox, exclusive, margin=margin,
                                          min_overlap=overlap, max_growth=growth, max_shift=shift, taper=taper,
-                                         follow=follow, rebox_key_slices=args.rebox_key_slices)
+                                         follow=follow, rebox_key_slices=args.rebox_key_slices,
+                                         rebox_touching=touching)
                     scores = [dice(pred, label, c) for c in ORGANS]
                     span = ", ".join(f"{len(reached.get(c, []))}/{on[c]}" for c in ORGANS)
                     rows.append(f"| {case} | {kind}, margin {margin:g}, min_overlap {overlap:g}{extra} | "
@@ -225,10 +248,11 @@ def main(argv: list[str] | None = None) -> str:
                                 f"| {time.perf_counter() - start:.0f} |")
                     print(rows[-1], flush=True)
             if args.timing:
-                for rebox in args.timing_reboxes:
-                    pairs, count = timing(model, image, seeds_3d(label), rebox=rebox)
+                for rebox, exclusive in itertools.product(args.timing_reboxes, args.exclusives):
+                    pairs, count = timing(model, image, seeds_3d(label), rebox=rebox, exclusive=exclusive)
+                    setting = f"{rebox if rebox is not None else 'off'}{'' if exclusive else ', per class'}"
                     for r, (propagated, own) in enumerate(pairs, 1):
-                        times.append(f"| {case} | {rebox if rebox is not None else 'off'} | {r} | {count} "
+                        times.append(f"| {case} | {setting} | {r} | {count} "
                                      f"| {propagated:.1f} | {own:.1f} | {propagated / own:.2f} |")
                         print(times[-1], flush=True)
     tuning = Path(args.data_dir).resolve() != (BUNDLE / "data/chaos_t2").resolve()

@@ -89,6 +89,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from scipy import ndimage
 
 from segmote_monai.data.slicing import slices_to_volume, volume_to_slices
 from segmote_monai.inferers.slices import SlicePrompts, SliceSegmenter, merge_masks
@@ -129,6 +130,13 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a & b).sum().item() / max((a | b).sum().item(), 1)
 
 
+def _touching(mask: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """The 4-connected components of ``mask`` that overlap ``other`` (both [H, W] bool)."""
+    labels = torch.from_numpy(ndimage.label(mask.numpy())[0])
+    kept = torch.unique(labels[mask & other])
+    return torch.isin(labels, kept) & mask
+
+
 def _narrowed(box: Sequence[float], scale: float) -> tuple[float, float, float, float]:
     """``box`` scaled about its centre by ``scale`` in both directions."""
     x0, y0, x1, y1 = box
@@ -143,7 +151,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
               follow: float | None = None, prompts: SlicePrompts | None = None,
               embeddings: dict[int, torch.Tensor] | None = None, agree: Mapping[int, torch.Tensor] | None = None,
               min_agreement: float | None = 0.3, rebox_below: float | None = None,
-              rebox_window: float = 0.25, rebox_key_slices: bool = False) -> tuple[torch.Tensor, dict[int, list[int]]]:
+              rebox_window: float = 0.25, rebox_key_slices: bool = False,
+              rebox_touching: bool = True) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Label map [1, H, W, S] of ``image`` ([C, H, W, S], oriented, in [0, 1]) from one seed per structure, and,
     per seeded class, the slices its propagation reached (sorted; empty where the key slice's mask was).
 
@@ -246,6 +255,10 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                     x0, y0, x1, y1 = (max(0, round(v)) for v in _next_box(previous_box, rebox_window, limits))
                     near[y0:y1 + 1, x0:x1 + 1] = True
                     other = opinion[z] & near
+                    if rebox_touching and other.any():
+                        # a blob of the prompt-free mask apart from the previous mask (a false positive, or the
+                        # organ's other lobe) would stretch the box over the gap between them
+                        other = _touching(other, previous)
                     if other.any():
                         alternative, alternative_quality = segment(z, box_of_mask(other).tolist())
                         if alternative_quality > quality:

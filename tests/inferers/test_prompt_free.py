@@ -32,6 +32,28 @@ def test_masks_are_decoded_on_the_slices_read_once_for_every_class_and_exclusive
     assert masks[1][3][10:24, 8:22].all() and model.encoded == 1  # an encoder output given is not recomputed
 
 
+def test_masks_not_exclusive_decode_only_the_class_read_as_the_model_gives_it():
+    model = ClassFinder()
+    asked: list[list[int]] = []
+    predict = model.predict
+
+    def recording(**kwargs):
+        if kwargs.get("class_ids") is not None:
+            asked.append(kwargs["class_ids"].tolist())
+        return predict(**kwargs)
+
+    model.predict = recording
+    masks = PromptFreeMasks(SliceSegmenter(model, backbone="tiny"), _two_organs(), [1, 2], embeddings={},
+                            exclusive=False)
+    organ_2 = torch.zeros(64, 64, dtype=torch.bool)
+    organ_2[34:46, 40:50] = True
+    organ_2[54:62, 2:12] = True  # the decoy strip, which the exclusive masks give to class 1
+    assert torch.equal(masks[2][5], organ_2) and asked == [[2]] and masks.decoded == [5]
+    masks[2][5]
+    assert asked == [[2]]
+    assert masks.on_slice(5)[0][54:62, 2:12].all() and asked == [[2], [1]] and masks.decoded == [5]
+
+
 def test_a_model_without_class_prompts_is_refused():
     with pytest.raises(ValueError, match="need a class-conditioned model"):
         PromptFreeMasks(SliceSegmenter(ObjectInBox(), backbone="tiny"), _two_organs(), [1], embeddings={})

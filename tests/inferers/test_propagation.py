@@ -139,6 +139,23 @@ def test_a_drifting_box_is_replaced_by_the_prompt_free_masks_box_where_the_model
         assert torch.equal(labels[0, :, :, z] == 1, prompt_free[z] & (torch.arange(64) < 13 + columns))
 
 
+@pytest.mark.parametrize("touching, strip_kept", [(True, False), (False, True)])
+def test_the_rebox_ignores_prompt_free_blobs_apart_from_the_previous_mask(touching, strip_kept):
+    """On slice 5 a bright strip two rows below the moved object, apart from slice 4's mask but inside the rebox
+    window: with ``rebox_touching`` its prompt-free mask does not stretch the rebox box over it."""
+    image = _shifted()
+    image[0, 35:37, 10:21, 5] = 1.0
+    prompt_free = (image[0] > 0.5).permute(2, 0, 1)
+    segmenter = SliceSegmenter(ObjectInBoxWithQuality(), backbone="tiny")
+    seed = [PropagationSeed(1, 4, (8.0, 20.0, 21.0, 33.0))]
+    labels, _ = propagate(segmenter, image, seed, agree={1: prompt_free}, min_agreement=0.3, rebox_below=0.95,
+                          rebox_key_slices=True, rebox_touching=touching, max_growth=None, max_shift=None, taper=None)
+    strip = torch.zeros(64, 64, dtype=torch.bool)
+    strip[35:37, 10:21] = True
+    # either way the rebox box reaches the object's columns up to the window's edge (24), past the walk's box (22)
+    expected = (prompt_free[5] & ~strip & (torch.arange(64) < 25)) | (strip if strip_kept else False)
+    assert torch.equal(labels[0, :, :, 5] == 1, expected)
+
 def test_a_mask_that_grows_again_after_shrinking_stops_the_propagation():
     """Slice 5 shrinks to 12 x 12; on slice 6 the mask fills its whole box (14 x 14, still overlapping by 0.73):
     past the organ's largest slice, 36% more is a spill (boxes not narrowed: the rule alone)."""
