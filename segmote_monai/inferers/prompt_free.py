@@ -1,11 +1,13 @@
-"""The class-conditioned prompt-free masks of a volume's slices: every class asked for with no prompt, a pixel that
-several classes claim given to the one with the highest logit.
+"""The class-conditioned prompt-free masks of a volume's slices: each class asked for with no prompt, either
+exclusive (every class decoded, a pixel that several claim given to the one with the highest logit) or per class
+(only the class asked about decoded, its mask as the model gives it).
 
-:func:`~segmote_monai.inferers.auto_seeds.auto_seeds` decodes them on every slice to choose its seeds;
+:func:`~segmote_monai.inferers.auto_seeds.auto_seeds` decodes the exclusive masks on every slice to choose its seeds;
 :class:`PromptFreeMasks` decodes them only on the slices a walk asks about, the second opinion of
 :func:`~segmote_monai.inferers.propagation.propagate` for a user's key-slice or 3D box (a walk that would stop goes
 on where the class's prompt-free mask agrees with its new mask; a 3D box's walk that doubts its mask also tries the
-box of that prompt-free mask). :func:`second_opinion` gives ``propagate`` both, as the bundle and its benchmark ask.
+box of that prompt-free mask). :func:`second_opinion` gives ``propagate`` both, per class, as the bundle and its
+benchmark ask.
 """
 
 from __future__ import annotations

@@ -78,8 +78,23 @@ boxes 0.859 -> 0.880, lower on none of the eight (0.8: 0.876 / 0.876; 0.85: 0.88
 two (a left kidney 0.932 -> 0.733, its walk stopping at 11 of its 20 slices, the cause not traced; held-out patient
 10, measured before this restriction, lost a left kidney too, 0.951 -> 0.725). A 3D box keeps the
 prompt-free box inside the user's box; a key-slice walk has no such bound. So 3D-box seeds only, unless
-``rebox_key_slices``. It costs a prompt-free decode (every class, once per slice, shared) and one box decode on the
-slices where the walk doubts its mask. Not for the automatic mode's walks, whose seeds come from the same
+``rebox_key_slices``. It costs a prompt-free decode of the walk's class (once per slice and class; the masks are
+decoded per class, not made exclusive, since 0.6.6: :func:`~segmote_monai.inferers.prompt_free.second_opinion`) and
+one box decode on the slices where the walk doubts its mask.
+
+``rebox_touching`` (on): the rebox box is taken only from the parts (4-connected) of the prompt-free mask that touch
+the previous mask; a blob apart from it, a false positive or a neighbour's tissue, would stretch the box over the gap.
+With per-class masks, on the four tuning patients (section ``propagation_touching``): 3D boxes 0.881 -> 0.889, higher
+on all four, key-slice seeds (reboxed) 0.893 -> 0.898; on the eight check patients (section
+``propagation_touching_check``): 3D boxes 0.885 -> 0.888 (0.862 without the rebox), lower on one by 0.001;
+key-slice seeds reboxed 0.863 -> 0.880 against 0.861 unreboxed, lower than unreboxed on two patients (15: 0.835 ->
+0.825, its spleen 0.670 -> 0.556; 32: 0.885 -> 0.877, its liver 0.847 -> 0.811), where the left kidney that the
+unbounded rebox lost is kept (0.932). Requiring instead that the reboxed mask overlap the previous one by
+``min_overlap`` lowered the tuning patients' 3D boxes to 0.871 (an exploratory run of an option since removed).
+Held out, measured afterwards (section ``propagation_touching_heldout``): 3D boxes 10 / 21 0.937 / 0.900 (0.6.5:
+0.936 / 0.893); key-slice seeds reboxed 0.881 / 0.901 against 0.924 / 0.887 unreboxed, patient 10's left kidney
+again 0.951 -> 0.725 (its walk stops at 8 of its 14 slices, the cause not traced): key-slice seeds stay unreboxed.
+Not for the automatic mode's walks, whose seeds come from the same
 prompt-free masks: there it lowered two of the four tuning patients (``benchmarks/auto.py --reboxes 0.9``: 02 0.690
 -> 0.643, 03 0.777 -> 0.775; mean 0.789 -> 0.793).
 """
@@ -165,7 +180,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
     slice and the new mask overlap (IoU) at least ``min_agreement`` (None: never). ``rebox_below``: where a walk's
     mask has a predicted IoU below this, the box of the second opinion's mask within the previous mask's box widened
     by ``rebox_window`` of its size is decoded too, and the mask with the higher predicted IoU kept (None: never);
-    3D-box seeds (``within_box``) only, unless ``rebox_key_slices``.
+    3D-box seeds (``within_box``) only, unless ``rebox_key_slices``; ``rebox_touching``: that box only from the
+    second opinion's parts that touch the previous mask.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
