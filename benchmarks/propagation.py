@@ -90,7 +90,7 @@ def dice(pred: torch.Tensor, label: torch.Tensor, c: int) -> float:
 
 
 def walk(segmenter: SliceSegmenter, image: torch.Tensor, seeds: list[PropagationSeed], agreement: float | None,
-         rebox: float | None = None, exclusive: bool = True, **options) -> tuple[torch.Tensor, dict[int, list[int]]]:
+         rebox: float | None = None, exclusive: bool = False, **options) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """``propagate`` as the bundle runs it for a class-conditioned model: with the organs' prompt-free masks as
     the second opinion (decoded where a walk asks) unless ``agreement`` and ``rebox`` are both None."""
     embeddings: dict[int, torch.Tensor] = {}
@@ -100,7 +100,7 @@ def walk(segmenter: SliceSegmenter, image: torch.Tensor, seeds: list[Propagation
 
 
 def timing(model, image: torch.Tensor, seeds: list[PropagationSeed], rounds: int = 3, agreement: float | None = 0.3,
-           rebox: float | None = 0.9, exclusive: bool = True) -> tuple[list[tuple[float, float]], int]:
+           rebox: float | None = 0.9, exclusive: bool = False) -> tuple[list[tuple[float, float]], int]:
     """Seconds of one propagation of ``seeds`` (defaults, the bundle's prompt-free ``agreement`` and ``rebox``,
     nothing cached) and of the model's own compute for
     the same work: the slices propagation encoded, each with one box per structure it found there (a whole-slice

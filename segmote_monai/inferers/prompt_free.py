@@ -72,8 +72,7 @@ class PromptFreeMasks(Mapping[int, _ClassMasks]):
         self._ids = torch.tensor([c + class_offset for c in self._classes], device=self._device)
         self._embeddings = embeddings
         self._exclusive = exclusive
-        self._decoded: dict[int, torch.Tensor] = {}  # exclusive: slice -> [K, H, W]
-        self._single: dict[tuple[int, int], torch.Tensor] = {}  # not exclusive: (slice, class index) -> [H, W]
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}  # (slice, class index) -> [H, W]
 
     def __getitem__(self, class_id: int) -> _ClassMasks:
         if int(class_id) not in self._classes:
@@ -89,23 +88,19 @@ class PromptFreeMasks(Mapping[int, _ClassMasks]):
     @property
     def decoded(self) -> list[int]:
         """The slices on which any class was decoded so far (sorted)."""
-        return sorted(set(self._decoded) | {z for z, _ in self._single})
+        return sorted({z for z, _ in self._masks})
 
     def on_slice(self, z: int) -> torch.Tensor:
         """[K, H, W] bool: every class's mask on slice ``z``, in the order of ``classes``."""
-        if not self._exclusive:
-            return torch.stack([self.of_class(z, k) for k in range(len(self._classes))])
-        if z not in self._decoded:
-            self._decoded[z] = self._decode(z, self._ids)
-        return self._decoded[z]
+        return torch.stack([self.of_class(z, k) for k in range(len(self._classes))])
 
     def of_class(self, z: int, index: int) -> torch.Tensor:
         """[H, W] bool: the mask on slice ``z`` of the class at ``index`` of ``classes``."""
-        if self._exclusive:
-            return self.on_slice(z)[index]
-        if (z, index) not in self._single:
-            self._single[z, index] = self._decode(z, self._ids[index:index + 1])[0]
-        return self._single[z, index]
+        if (z, index) not in self._masks:
+            indices = range(len(self._classes)) if self._exclusive else [index]
+            for k, mask in zip(indices, self._decode(z, self._ids[list(indices)])):
+                self._masks[z, k] = mask
+        return self._masks[z, index]
 
     def _decode(self, z: int, ids: torch.Tensor) -> torch.Tensor:
         embedding = self._segmenter.slice_embedding(self._slices, z, self._embeddings)

@@ -156,6 +156,7 @@ def test_the_rebox_ignores_prompt_free_blobs_apart_from_the_previous_mask(touchi
     expected = (prompt_free[5] & ~strip & (torch.arange(64) < 25)) | (strip if strip_kept else False)
     assert torch.equal(labels[0, :, :, 5] == 1, expected)
 
+
 def test_a_mask_that_grows_again_after_shrinking_stops_the_propagation():
     """Slice 5 shrinks to 12 x 12; on slice 6 the mask fills its whole box (14 x 14, still overlapping by 0.73):
     past the organ's largest slice, 36% more is a spill (boxes not narrowed: the rule alone)."""
