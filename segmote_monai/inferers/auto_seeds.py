@@ -58,33 +58,14 @@ import torch
 import torch.nn.functional as F
 
 from segmote_monai.data.slicing import volume_to_slices
+from segmote_monai.inferers.components import largest_component
 from segmote_monai.inferers.prompt_free import decode_prompt_free
 from segmote_monai.inferers.propagation import _next_box, propagate
 from segmote_monai.inferers.slices import SliceSegmenter, check_options
 from segmote_monai.transforms.array import box_of_mask
 from segmote_monai.transforms.prompts import PropagationSeed
 
-__all__ = ["auto_seeds", "largest_component", "propagate_auto"]
-
-
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """[H, W] bool -> its largest 4-connected component (of two as large, the one whose last pixel comes first in
-    raster order)."""
-    if not bool(mask.any()):
-        return mask.clone()
-    h, w = mask.shape
-    # each pixel takes the largest index among itself and its four neighbours until nothing changes: every component
-    # ends up labelled by its own largest index (int64: exact for any image size)
-    labels = torch.arange(1, h * w + 1).view(h, w) * mask
-    while True:
-        padded = F.pad(labels, (1, 1, 1, 1))
-        grown = torch.stack([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
-                            ).amax(0) * mask
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    values, counts = torch.unique(labels[mask], return_counts=True)
-    return labels == values[counts.argmax()]
+__all__ = ["auto_seeds", "propagate_auto"]
 
 
 def _agreement(walked: torch.Tensor, prompt_free: torch.Tensor) -> float:

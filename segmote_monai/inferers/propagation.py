@@ -104,9 +104,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from scipy import ndimage
 
 from segmote_monai.data.slicing import slices_to_volume, volume_to_slices
+from segmote_monai.inferers.components import touching_components
 from segmote_monai.inferers.slices import SlicePrompts, SliceSegmenter, merge_masks
 from segmote_monai.transforms.array import box_of_mask, scale_boxes
 from segmote_monai.transforms.prompts import PropagationSeed
@@ -143,13 +143,6 @@ def _followed(box: Sequence[float], last: Sequence[float], before: Sequence[floa
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     """IoU of two bool masks (0 where both are empty)."""
     return (a & b).sum().item() / max((a | b).sum().item(), 1)
-
-
-def _touching(mask: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """The 4-connected components of ``mask`` that overlap ``other`` (both [H, W] bool)."""
-    labels = torch.from_numpy(ndimage.label(mask.numpy())[0])
-    kept = torch.unique(labels[mask & other])
-    return torch.isin(labels, kept) & mask
 
 
 def _narrowed(box: Sequence[float], scale: float) -> tuple[float, float, float, float]:
@@ -274,7 +267,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                     if rebox_touching and other.any():
                         # a blob of the prompt-free mask apart from the previous mask (a false positive, or the
                         # organ's other lobe) would stretch the box over the gap between them
-                        other = _touching(other, previous)
+                        other = touching_components(other, previous)
                     if other.any():
                         alternative, alternative_quality = segment(z, box_of_mask(other).tolist())
                         if alternative_quality > quality:

@@ -8,7 +8,7 @@ from monai.data import MetaTensor
 
 from segmote_monai.errors import RequestError
 from segmote_monai.inferers import PromptedSliceInferer, SliceSegmenter
-from segmote_monai.inferers.auto_seeds import auto_seeds, largest_component
+from segmote_monai.inferers.auto_seeds import auto_seeds
 from segmote_monai.transforms.prompts import PROMPTS_META_KEY
 from tests.inferers.test_propagation import ObjectInBox
 
@@ -39,22 +39,6 @@ class ClassFinder(ObjectInBox):
             masks[row, 0, 54:62, 2:12] = 0.2
             masks[row, 0][(image_embeddings[i, 0] - ORGAN_VALUES[c]).abs() < 0.05] = 3.0
         return SimpleNamespace(masks=masks, iou_predictions=torch.ones(len(class_ids), 1), presence_logits=None)
-
-
-@pytest.mark.parametrize("pixels,expected", [
-    ([], []),
-    ([(0, 0)], [(0, 0)]),
-    ([(0, 0), (0, 1), (5, 5)], [(0, 0), (0, 1)]),
-    ([(0, 0), (1, 1), (1, 2)], [(1, 1), (1, 2)]),  # diagonal neighbours are apart (4-connected)
-    ([(2, 0), (2, 1), (2, 2), (3, 2), (4, 2), (4, 1), (4, 0), (0, 4)], [(2, 0), (2, 1), (2, 2), (3, 2), (4, 2),
-                                                                        (4, 1), (4, 0)]),  # a U shape
-])
-def test_largest_component(pixels, expected):
-    mask = torch.zeros(6, 6, dtype=torch.bool)
-    for y, x in pixels:
-        mask[y, x] = True
-    out = largest_component(mask)
-    assert sorted(map(tuple, torch.nonzero(out).tolist())) == sorted(expected)
 
 
 @pytest.mark.parametrize("seed_margin,boxes", [

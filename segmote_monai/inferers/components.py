@@ -1,0 +1,41 @@
+"""4-connected components of a slice's mask: the one place both the automatic seeds and the propagation's rebox
+label them (:mod:`scipy.ndimage`, one C pass, in place of an iterated torch max filter that took about 30 ms on a
+256 x 256 slice)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+__all__ = ["label_components", "largest_component", "touching_components"]
+
+
+def label_components(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """[H, W] bool -> ([H, W] int64 labels, 0 off the mask and 1..n on its 4-connected components in the raster
+    order of their first pixels; n)."""
+    if mask.ndim != 2:
+        raise ValueError(f"label_components needs an [H, W] mask, got shape {tuple(mask.shape)}")
+    labels, count = ndimage.label(mask.cpu().numpy().astype(bool))  # the default structure: 4-connected in 2D
+    return torch.from_numpy(labels.astype(np.int64)), int(count)
+
+
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool -> its largest 4-connected component (of two as large, the one whose last pixel comes first in
+    raster order: a fixed rule, so that the seeds do not depend on the labelling's implementation)."""
+    labels, count = label_components(mask)
+    if count == 0:
+        return torch.zeros_like(mask, dtype=torch.bool)
+    flat = labels.flatten().numpy()
+    sizes = np.bincount(flat, minlength=count + 1)[1:]
+    last = np.zeros(count + 1, dtype=np.int64)
+    np.maximum.at(last, flat, np.arange(flat.size))
+    tied = np.flatnonzero(sizes == sizes.max()) + 1
+    return labels == int(tied[np.argmin(last[tied])])
+
+
+def touching_components(mask: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """The 4-connected components of ``mask`` that overlap ``other`` (both [H, W] bool)."""
+    labels, _ = label_components(mask)
+    kept = torch.unique(labels[mask.bool() & other.bool().cpu()])
+    return torch.isin(labels, kept[kept > 0])
