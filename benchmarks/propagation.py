@@ -2,8 +2,8 @@
 
     python benchmarks/propagation.py [--cases 10 21] [--data_dir DIR] [--margins 0] [--overlaps 0.7]
         [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--agreements none 0.3] [--reboxes none 0.9]
-        [--exclusives no yes] [--rebox_touching yes no] [--rebox_key_slices] [--cache_dir DIR]
-        [--timing [--timing_reboxes none 0.9]] [--write [--section NAME]]
+        [--exclusives no yes] [--rebox_touching yes no] [--rebox_key_slices yes no] [--cache_dir DIR]
+        [--timing [--timing_reboxes none 0.9] [--timing_seeds 3d key]] [--write [--section NAME]]
 
 The shipped CHAOS checkpoint (``bundle/models/model.pt``), by default on the embedded test patients 10 and 21
 (``--data_dir ../shared/data/mri_abdomen_chaos_t2 --cases 02 01 03 05``: the patients the stopping rule was tuned
@@ -13,11 +13,12 @@ from its middle slice within itself; rows for a box on every slice and for the 3
 compare. ``--agreements``: with a value, the organs' prompt-free masks are the walks' second opinion, as the bundle
 does for a class-conditioned model (``prompt_free_agreement``); ``--reboxes``: with a value, where a walk's mask
 has a predicted IoU below it, the box of the organ's prompt-free mask near the previous mask is tried too
-(``prompt_free_rebox``; the bundle does it for 3D boxes only, ``--rebox_key_slices`` for key-slice seeds too);
+(``prompt_free_rebox``; for key-slice seeds too unless ``--rebox_key_slices no``, as the bundle since 0.6.7);
 ``--exclusives yes``: each slice's prompt-free masks decoded for every organ, a pixel to the highest logit (the
 bundle decodes the walk's organ alone); ``--rebox_touching no``: the rebox box from all of the prompt-free mask near
 the previous mask, not only its parts that touch it.
-``--timing`` times 3D-box seeds (the defaults, prompt-free agreement 0.3) with each ``--timing_reboxes``. 3D Dice
+``--timing`` times ``--timing_seeds`` (3D boxes, key-slice boxes; the defaults, prompt-free agreement 0.3) with each
+``--timing_reboxes``. 3D Dice
 per organ and the slices each propagation reached against the slices the organ is on (issue 11).
 Prints a Markdown section (machine, commit, command, figures); ``--write`` puts it in BENCHMARKS.md (section
 ``propagation``, or ``propagation_tuning`` with another ``--data_dir``; ``--section``, ``--heading`` name it).
@@ -184,23 +185,27 @@ def main(argv: list[str] | None = None) -> str:
                         help="yes (the bundle's): the rebox takes only the parts of the prompt-free mask that touch "
                              "the previous mask; no: all of it within the window")
     parser.add_argument("--heading", default=None, help="the section's heading (default: from --data_dir)")
-    parser.add_argument("--rebox_key_slices", action="store_true",
-                        help="rebox key-slice seeds too (the bundle reboxes 3D boxes only)")
+    parser.add_argument("--rebox_key_slices", nargs="*", type=_yes, default=[True],
+                        help="yes (the bundle's since 0.6.7; also the flag alone): rebox key-slice seeds as well as "
+                             "3D boxes; no: 3D boxes only")
     parser.add_argument("--cache_dir", default=None,
                         help="keep the slices' encodings here between runs (default: a temporary folder)")
     parser.add_argument("--timing", action="store_true", help="also time propagation against the model's compute")
     parser.add_argument("--timing_reboxes", nargs="+", type=_optional, default=[0.9],
                         help="rebox_below values to time (none: off; the bundle's is 0.9)")
+    parser.add_argument("--timing_seeds", nargs="+", choices=["3d", "key"], default=["3d"],
+                        help="the seeds to time: each organ's 3D box, or its key-slice box")
     parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
     parser.add_argument("--section", default=None,
                         help="the section's name (default propagation, or propagation_tuning with another --data_dir)")
     args = parser.parse_args(argv)
+    args.rebox_key_slices = args.rebox_key_slices or [True]
     model = build_from_checkpoint(trainable_checkpoint=BUNDLE / "models" / "model.pt", backbone="lite_medsam").eval()
     load = Compose([LoadPaird(label_values=[0, *ORGANS]), ScaleIntensityByModalityd(keys="image", modality="MR")])
     rows = ["| patient | prompts | " + " | ".join(ORGANS.values()) + " | mean | slices reached / on (per organ) | s |",
             "|---|---|" + "---:|" * (len(ORGANS) + 1) + "---|---:|"]
-    times = ["| patient | rebox_below | round | slices encoded | propagation s | the model's own compute s | ratio |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    times = ["| patient | seeds | rebox_below | round | slices encoded | propagation s | the model's own compute s "
+             "| ratio |", "|---|---|---|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         cache = EmbeddingCache.for_model(args.cache_dir or tmp, model,
                                          {"size": 256, "scaling": "modality", "slice_axis": "axial"})
@@ -223,11 +228,11 @@ def main(argv: list[str] | None = None) -> str:
                         + " | ".join(f"{d:.3f}" for d in scores) + f" | {np.mean(scores):.3f} | - "
                         f"| {time.perf_counter() - start:.0f} |")
             for (margin, overlap, growth, shift, taper, follow, agreement, rebox, exclusive,
-                 touching) in itertools.product(
+                 touching, key_rebox) in itertools.product(
                     args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows, args.agreements,
-                    args.reboxes, args.exclusives, args.rebox_touching):
-                if rebox is None and touching != args.rebox_touching[0]:
-                    continue  # without a rebox the bound changes nothing
+                    args.reboxes, args.exclusives, args.rebox_touching, args.rebox_key_slices):
+                if rebox is None and (touching, key_rebox) != (args.rebox_touching[0], args.rebox_key_slices[0]):
+                    continue  # without a rebox neither the bound nor the key slices' rebox changes anything
                 extra = "".join(f", {name} {value:g}" for name, value in (("max_growth", growth), ("max_shift", shift),
                                                                           ("taper", taper), ("follow", follow),
                                                                           ("prompt-free agreement", agreement),
@@ -235,11 +240,14 @@ def main(argv: list[str] | None = None) -> str:
                                 if value is not None)
                 extra += ", prompt-free masks per class" if not exclusive and (agreement, rebox) != (None, None) else ""
                 extra += ", rebox not touching" if rebox is not None and not touching else ""
-                for kind, seeds in (("key slice", seeds_of(label)), ("3D box, propagated", seeds_3d(label))):
+                kinds = [("key slice" + ("" if key_rebox or rebox is None else " (not reboxed)"), seeds_of(label))]
+                if key_rebox == args.rebox_key_slices[0]:
+                    kinds.append(("3D box, propagated", seeds_3d(label)))  # the option leaves 3D boxes as they are
+                for kind, seeds in kinds:
                     start = time.perf_counter()
                     pred, reached = walk(segmenter, image, seeds, agreement, rebox, exclusive, margin=margin,
                                          min_overlap=overlap, max_growth=growth, max_shift=shift, taper=taper,
-                                         follow=follow, rebox_key_slices=args.rebox_key_slices,
+                                         follow=follow, rebox_key_slices=key_rebox,
                                          rebox_touching=touching)
                     scores = [dice(pred, label, c) for c in ORGANS]
                     span = ", ".join(f"{len(reached.get(c, []))}/{on[c]}" for c in ORGANS)
@@ -248,11 +256,14 @@ def main(argv: list[str] | None = None) -> str:
                                 f"| {time.perf_counter() - start:.0f} |")
                     print(rows[-1], flush=True)
             if args.timing:
-                for rebox, exclusive in itertools.product(args.timing_reboxes, args.exclusives):
-                    pairs, count = timing(model, image, seeds_3d(label), rebox=rebox, exclusive=exclusive)
+                for kind, rebox, exclusive in itertools.product(args.timing_seeds, args.timing_reboxes,
+                                                                args.exclusives):
+                    seeds = seeds_3d(label) if kind == "3d" else seeds_of(label)
+                    pairs, count = timing(model, image, seeds, rebox=rebox, exclusive=exclusive)
                     setting = f"{rebox if rebox is not None else 'off'}{'' if exclusive else ', per class'}"
                     for r, (propagated, own) in enumerate(pairs, 1):
-                        times.append(f"| {case} | {setting} | {r} | {count} "
+                        times.append(f"| {case} | {'3D box' if kind == '3d' else 'key slice'} | {setting} | {r} "
+                                     f"| {count} "
                                      f"| {propagated:.1f} | {own:.1f} | {propagated / own:.2f} |")
                         print(times[-1], flush=True)
     tuning = Path(args.data_dir).resolve() != (BUNDLE / "data/chaos_t2").resolve()
@@ -271,12 +282,13 @@ def main(argv: list[str] | None = None) -> str:
                "patients: section `propagation_second_opinion`). `rebox_below 0.9`: where a walk's mask has a "
                "predicted IoU below 0.9, the box of the organ's prompt-free mask near the previous mask is decoded too "
                "and the mask with the higher predicted IoU kept, what the bundle does since 0.6.5 (`prompt_free_rebox`,"
-               " chosen on the same patients: section `propagation_rebox`). Issue 11's target: "
+               " chosen on the same patients: section `propagation_rebox`), for 3D boxes and, since 0.6.7, key-slice "
+               "boxes (a key-slice row marked `not reboxed`: 3D boxes only, as before). Issue 11's target: "
                "within 0.03 of a box on every slice. Times include "
                "encoding only where the slice was not yet cached (the per-slice row encodes every slice first)."
                "\n\n" + "\n".join(rows) + "\n")
     if args.timing:
-        section += ("\nTime, nothing cached (3D-box seeds, the defaults, prompt-free agreement 0.3, "
+        section += ("\nTime, nothing cached (the seeds as given, the defaults, prompt-free agreement 0.3, "
                     "rebox_below as given): one "
                     "propagation against the model's own "
                     "compute for the same work (the slices it encoded, each once, with one box per structure found "

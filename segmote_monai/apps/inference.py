@@ -106,7 +106,7 @@ class BundleInference:
         prompt_free_agreement: class-conditioned models: a walk (automatic, or from a propagated box) goes on past a
             slice its mask changes too much on where the class's prompt-free mask agrees with it (IoU at least this;
             None: never).
-        prompt_free_rebox: class-conditioned models: where a walk from a propagated 3D box gets a mask the model
+        prompt_free_rebox: class-conditioned models: where a walk from a propagated box gets a mask the model
             rates below this predicted IoU, the box of the class's prompt-free mask there is tried too and the better
             rated mask kept (None: never).
 

@@ -47,10 +47,11 @@ class PromptedSliceInferer(Inferer):
             user's propagated box, goes on past a slice its mask changes too much on where the class's prompt-free
             mask agrees with it (IoU at least this; None: never; :class:`~segmote_monai.inferers.prompt_free.
             PromptFreeMasks`, decoded only on those slices for a user's box).
-        prompt_free_rebox: class-conditioned models (``auto_classes``): where a walk from a user's propagated 3D
-            box gets a mask whose predicted IoU is below this, the box of the class's prompt-free mask near the
-            previous mask is tried too and the mask with the higher predicted IoU kept (``rebox_below`` of
-            :func:`~segmote_monai.inferers.propagation.propagate`, which says why 3D boxes only; None: never).
+        prompt_free_rebox: class-conditioned models (``auto_classes``): where a walk from a user's propagated box
+            (3D, or on a key slice unless ``propagation`` sets ``rebox_key_slices`` false) gets a mask whose
+            predicted IoU is below this, the box of the class's prompt-free mask near the previous mask is tried too
+            and the mask with the higher predicted IoU kept (``rebox_below`` of
+            :func:`~segmote_monai.inferers.propagation.propagate`, which says why; None: never).
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping

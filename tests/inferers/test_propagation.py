@@ -121,8 +121,9 @@ def _shifted():
     (0.95, 1, True, False, 12, 14),  # rated 10/14, then 13/14, < 0.95: the prompt-free mask near the last mask's box
     (0.5, 1, True, False, 10, 11),  # 10/14 >= 0.5: the walk's box is kept
     (0.95, 2, True, False, 10, 11),  # no prompt-free mask of this class
-    (0.95, 1, False, False, 10, 11),  # a key-slice seed: not reboxed by default
+    (0.95, 1, False, False, 10, 11),  # a key-slice seed with rebox_key_slices off
     (0.95, 1, False, True, 12, 14),
+    (0.95, 1, False, None, 12, 14),  # key-slice seeds are reboxed by default (since 0.6.7)
 ])
 def test_a_drifting_box_is_replaced_by_the_prompt_free_masks_box_where_the_model_doubts_it(
         rebox_below, opinion_class, within_box, key_slices, columns_on_5, columns_on_6):
@@ -132,8 +133,8 @@ def test_a_drifting_box_is_replaced_by_the_prompt_free_masks_box_where_the_model
     # a 3D box spans the object's columns on every slice; a key-slice box its columns on slice 4
     seed = [PropagationSeed(1, 4, (8.0, 20.0, 26.0 if within_box else 21.0, 33.0), within_box=within_box)]
     labels, reached = propagate(segmenter, image, seed, agree={opinion_class: prompt_free}, min_agreement=0.3,
-                                rebox_below=rebox_below, rebox_key_slices=key_slices, max_growth=None,
-                                max_shift=None, taper=None)
+                                rebox_below=rebox_below, max_growth=None, max_shift=None, taper=None,
+                                **({} if key_slices is None else {"rebox_key_slices": key_slices}))
     assert reached[1] == [2, 3, 4, 5, 6]
     for z, columns in ((5, columns_on_5), (6, columns_on_6)):
         assert torch.equal(labels[0, :, :, z] == 1, prompt_free[z] & (torch.arange(64) < 13 + columns))
@@ -331,3 +332,31 @@ def test_stopping_rule_refusals(kwargs, message):
     with pytest.raises(ValueError, match=message):
         propagate(SliceSegmenter(ObjectInBox(), backbone="tiny"), _volume(),
                   [PropagationSeed(1, 4, (8.0, 14.0, 21.0, 27.0))], **kwargs)
+
+
+class ObjectInBoxRatedByTruth(ObjectInBox):
+    """:class:`ObjectInBox` whose predicted IoU is its mask's IoU with the pixels of intensity 1.0 (the truth; the
+    bright pixels of intensity 0.8 are a neighbour that a box reaching them also takes)."""
+
+    def predict(self, *, image_embeddings, boxes):
+        out = super().predict(image_embeddings=image_embeddings, boxes=boxes)
+        truth, masks = image_embeddings[0, 0] == 1.0, out.masks[:, 0] > 0
+        out.iou_predictions = ((masks & truth).flatten(1).sum(1) / (masks | truth).flatten(1).sum(1).clamp(min=1))[:, None]
+        return out
+
+
+def test_a_reboxed_mask_smaller_than_the_last_does_not_count_as_the_organ_shrinking():
+    """A 14 x 14 organ on slices 1-6, 10 columns wide on slice 3 where a neighbour fills the rest of the walk's box.
+    Walking down from slice 4, slice 3's rebox keeps the organ alone (140 pixels, after 196), then slice 2's the
+    organ's 13 columns inside the rebox window (182): 30% more than slice 3, but slice 3's smaller area came from the
+    rebox, not from the walk's box, so the growth rule does not take the organ as past its widest slice."""
+    image = torch.zeros(1, 64, 64, 8)
+    image[0, 20:34, 8:22, 1:7] = 1.0
+    image[0, 20:34, 18:22, 3] = 0.8
+    prompt_free = (image[0] == 1.0).permute(2, 0, 1)
+    segmenter = SliceSegmenter(ObjectInBoxRatedByTruth(), backbone="tiny")
+    seed = [PropagationSeed(1, 4, (8.0, 20.0, 21.0, 33.0))]
+    labels, walked = propagate(segmenter, image, seed, agree={1: prompt_free}, min_agreement=0.3, rebox_below=0.9,
+                               rebox_key_slices=True, max_growth=0.1, max_shift=None, taper=None)
+    assert walked[1] == [1, 2, 3, 4, 5, 6]
+    assert int((labels[0, :, :, 3] == 1).sum()) == 140 and int((labels[0, :, :, 2] == 1).sum()) == 182
