@@ -234,7 +234,7 @@ def test_a_propagated_key_slice_box_and_its_sidecar(checkpoint, tiny_dataset, tm
 
 @pytest.mark.slow
 def test_the_documented_propagation_example(tmp_path):
-    """README and model card: one key-slice box per organ of patient 21, propagated; mean 3D Dice 0.887."""
+    """README and model card: one key-slice box per organ of patient 21, propagated; mean 3D Dice 0.901 (0.887 before key-slice boxes were reboxed, bundle 0.6.7)."""
     case = REPO / "bundle" / "data" / "chaos_t2"
     run = bundle_cli("run", "inference", "--config_file", CONFIGS / "inference.json", "--input",
                      case / "images" / "chaos_t2_case21.nii.gz", "--boxes",
@@ -243,9 +243,9 @@ def test_the_documented_propagation_example(tmp_path):
     pred = np.asarray(nib.load(tmp_path / "chaos_t2_case21_seg.nii.gz").dataobj)
     label = np.asarray(nib.load(case / "labels" / "chaos_t2_case21.nii.gz").dataobj)
     dice = [2 * ((pred == c) & (label == c)).sum() / ((pred == c).sum() + (label == c).sum()) for c in (1, 2, 3, 4)]
-    assert np.mean(dice) == pytest.approx(0.887, abs=0.005)
+    assert np.mean(dice) == pytest.approx(0.901, abs=0.005)
     reached = json.loads((tmp_path / "chaos_t2_case21_seg.json").read_text())["propagation"]
-    assert reached["spleen"] == {"axis": 2, "slices": list(range(19, 26))}  # labelled on 18-26
+    assert reached["spleen"] == {"axis": 2, "slices": list(range(19, 27))}  # labelled on 18-26
 
 
 def _evaluate(checkpoint, tiny_dataset, out, *extra):
