@@ -10,7 +10,8 @@ the model with whatever lies in it. A direction stops at the first slice whose m
 - overlaps the previous slice's mask by less than ``min_overlap`` (IoU in the slice plane): a box where the
   structure has ended still gets a mask, of whatever lies in it, and that mask jumps;
 - is more than ``1 + max_growth`` times the previous mask's area once the walk's masks have started to shrink
-  (past the organ's largest slice, a mask that grows again has usually spilled into a neighbour); key-slice
+  (past the organ's largest slice, a mask that grows again has usually spilled into a neighbour; a reboxed mask,
+  below, that is smaller than the last does not count as shrinking); key-slice
   seeds only: a 3D box bounds its walk already, and there the rule cost Dice (below);
 - has a mean intensity more than ``max_shift`` standard deviations (of the key slice's mask) from the key
   slice's mask's mean: a mask on another tissue;
@@ -97,7 +98,7 @@ again 0.951 -> 0.725 (its walk stops at 8 of its 14 slices, the cause not traced
 
 Why patient 10's left kidney failed (a slice-by-slice trace, exploratory, its script not kept): on the slice below
 the key slice the rebox kept a smaller mask (1125 pixels after 1405; rated 0.909 against the walk's 0.899), which
-set the growth rule's "past the widest slice"; on the next slice the rebox gave 1258 pixels (Dice with the organ
+set the growth rule's "past the widest slice"; on the next slice the rebox gave 1258 pixels (IoU with the organ
 0.917), 12% more, and the growth rule stopped the walk. A reboxed mask's area comes from another box than the walk's,
 so since 0.6.7 it no longer marks the organ as shrinking (the growth rule itself stays: exempting reboxed masks from
 it lowered the tuning patients' reboxed key-slice seeds 0.898 -> 0.876, and patient 21's liver walked into another
