@@ -37,5 +37,5 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
 def touching_components(mask: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """The 4-connected components of ``mask`` that overlap ``other`` (both [H, W] bool)."""
     labels, _ = label_components(mask)
-    kept = torch.unique(labels[mask.bool() & other.bool().cpu()])
+    kept = torch.unique(labels[mask.bool().cpu() & other.bool().cpu()])  # labels are on the CPU, as scipy made them
     return torch.isin(labels, kept[kept > 0])

@@ -234,7 +234,8 @@ def test_a_propagated_key_slice_box_and_its_sidecar(checkpoint, tiny_dataset, tm
 
 @pytest.mark.slow
 def test_the_documented_propagation_example(tmp_path):
-    """README and model card: one key-slice box per organ of patient 21, propagated; mean 3D Dice 0.901 (0.887 before key-slice boxes were reboxed, bundle 0.6.7)."""
+    """README and model card: one key-slice box per organ of patient 21, propagated; mean 3D Dice 0.901 (0.887
+    before key-slice boxes were reboxed, bundle 0.6.7)."""
     case = REPO / "bundle" / "data" / "chaos_t2"
     run = bundle_cli("run", "inference", "--config_file", CONFIGS / "inference.json", "--input",
                      case / "images" / "chaos_t2_case21.nii.gz", "--boxes",

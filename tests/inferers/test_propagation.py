@@ -341,7 +341,8 @@ class ObjectInBoxRatedByTruth(ObjectInBox):
     def predict(self, *, image_embeddings, boxes):
         out = super().predict(image_embeddings=image_embeddings, boxes=boxes)
         truth, masks = image_embeddings[0, 0] == 1.0, out.masks[:, 0] > 0
-        out.iou_predictions = ((masks & truth).flatten(1).sum(1) / (masks | truth).flatten(1).sum(1).clamp(min=1))[:, None]
+        both, either = (masks & truth).flatten(1).sum(1), (masks | truth).flatten(1).sum(1)
+        out.iou_predictions = (both / either.clamp(min=1))[:, None]
         return out
 
 
