@@ -52,6 +52,10 @@ class Budget:
     box_jitter: float = 0.1
     dataset_sampling: str = "uniform"
     lambda_ce: float = BUNDLE_LAMBDA_CE
+    #: the bundle's dataset_weights, one per datalist in the order they are given (empty: none)
+    dataset_weights: tuple[float, ...] = ()
+    #: how the text names the weights that are not 1, e.g. "ACDC x 3"
+    weights_text: str = ""
 
     @property
     def samples(self) -> int:
@@ -61,14 +65,16 @@ class Budget:
         return (f"{self.epochs} epochs x {self.samples_per_epoch} box-prompted samples (batch {self.batch_size}; "
                 f"{self.samples} in all), Adam lr {self.learning_rate:g} halved at epochs "
                 f"{', '.join(map(str, self.lr_milestones))}, boxes jittered by up to {self.box_jitter:.0%} per side, "
-                f"datasets drawn {self.dataset_sampling}ly, loss "
+                f"datasets drawn {self.dataset_sampling}ly"
+                + (f" with the weights {self.weights_text}" if self.weights_text else "") + ", loss "
                 + (f"Dice + {self.lambda_ce:g} x cross-entropy" if self.lambda_ce else "Dice") + " (+ load balance)")
 
     def overrides(self) -> dict[str, Any]:
         return {"max_epochs": self.epochs, "samples_per_epoch": self.samples_per_epoch, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "lr_milestones": list(self.lr_milestones),
                 "box_jitter": self.box_jitter, "dataset_sampling": self.dataset_sampling,
-                "lambda_ce": self.lambda_ce}
+                "lambda_ce": self.lambda_ce, **({"dataset_weights": list(self.dataset_weights)}
+                                                if self.dataset_weights else {})}
 
 
 def _arg(value: Any) -> str:

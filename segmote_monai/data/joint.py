@@ -12,6 +12,11 @@ use.
 - ``temperature``: shares proportional to ``cases ** (1 / temperature)``; 1 is proportional, large
   temperatures approach uniform.
 
+``weights`` (optional, one positive number per dataset in datalist order) multiply the rule's shares, which are
+then normalised again: ``[1, 3, 1]`` under ``uniform`` gives the second dataset 3/5 of the epoch. They are for a
+dataset that needs more practice than its share gives it (a structure the frozen model cannot find at all, such as
+a ring around a cavity), without re-ordering the datalists or duplicating cases.
+
 Within a dataset every case gets the same number of samples (the remainder goes to a seeded choice of
 cases), so one datalist with ``samples_per_epoch = cases x n`` draws exactly n samples from every case,
 as the single-datalist trainer always has.
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from segmote_monai.data.datalist import Datalist, load_datalist
+from segmote_monai.errors import RequestError
 
 __all__ = ["SAMPLING_RULES", "JointDatalist", "class_offset", "dataset_weights", "metric_name", "samples_per_item"]
 
@@ -39,8 +45,10 @@ def metric_name(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_") or "dataset"
 
 
-def dataset_weights(sizes: Sequence[int], rule: str = "uniform", temperature: float = 2.0) -> np.ndarray:
-    """Sampling shares of datasets with ``sizes`` training cases under ``rule`` (they sum to 1)."""
+def dataset_weights(sizes: Sequence[int], rule: str = "uniform", temperature: float = 2.0,
+                    weights: Sequence[float] | None = None) -> np.ndarray:
+    """Sampling shares of datasets with ``sizes`` training cases under ``rule``, times ``weights`` where given
+    (they sum to 1)."""
     if rule not in SAMPLING_RULES:
         raise ValueError(f"rule must be one of {list(SAMPLING_RULES)}, got {rule!r}")
     if rule == "temperature" and not temperature > 0:
@@ -49,12 +57,20 @@ def dataset_weights(sizes: Sequence[int], rule: str = "uniform", temperature: fl
     if sizes.size == 0 or (sizes <= 0).any():
         raise ValueError(f"every dataset needs at least one training case, got sizes {sizes.astype(int).tolist()}")
     if rule == "uniform":
-        weights = np.ones_like(sizes)
+        shares = np.ones_like(sizes)
     elif rule == "proportional":
-        weights = sizes
+        shares = sizes
     else:
-        weights = sizes ** (1.0 / temperature)
-    return weights / weights.sum()
+        shares = sizes ** (1.0 / temperature)
+    if weights is not None:
+        factors = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if factors.size != sizes.size:
+            raise RequestError(f"dataset_weights needs one weight per dataset ({sizes.size}), got {factors.size}: "
+                             f"{factors.tolist()}")
+        if not (np.isfinite(factors) & (factors > 0)).all():
+            raise RequestError(f"dataset_weights must all be finite and > 0, got {factors.tolist()}")
+        shares = shares * factors
+    return shares / shares.sum()
 
 
 def _split(total: int, shares: np.ndarray, rng: np.random.RandomState) -> list[int]:
@@ -70,15 +86,24 @@ def _split(total: int, shares: np.ndarray, rng: np.random.RandomState) -> list[i
 
 
 def samples_per_item(datasets: Sequence[int], samples_per_epoch: int, *, rule: str = "uniform",
-                     temperature: float = 2.0, seed: int = 0) -> list[int]:
+                     temperature: float = 2.0, weights: Sequence[float] | None = None, seed: int = 0) -> list[int]:
     """Samples per epoch for each item, given each item's dataset index (``datasets``), under the sampling
-    ``rule``: the datasets' shares first, then an even split within each dataset, in the items' order."""
+    ``rule`` and ``weights`` (one per dataset index, see :func:`dataset_weights`): the datasets' shares first,
+    then an even split within each dataset, in the items' order."""
     if samples_per_epoch < 1:
         raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
     groups = sorted(set(datasets))
     members = {g: [i for i, d in enumerate(datasets) if d == g] for g in groups}
     rng = np.random.RandomState(seed)
-    per_dataset = _split(samples_per_epoch, dataset_weights([len(members[g]) for g in groups], rule, temperature), rng)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if not groups or groups[-1] + 1 != weights.size:
+            raise RequestError(f"dataset_weights needs one weight per dataset ({groups[-1] + 1 if groups else 0}), got "
+                             f"{weights.size}: "
+                             f"{weights.tolist()}")
+        weights = weights[groups]
+    shares = dataset_weights([len(members[g]) for g in groups], rule, temperature, weights)
+    per_dataset = _split(samples_per_epoch, shares, rng)
     counts = [0] * len(datasets)
     for g, total in zip(groups, per_dataset):
         for i, c in zip(members[g], _split(total, np.full(len(members[g]), 1.0 / len(members[g])), rng)):
@@ -151,10 +176,12 @@ class JointDatalist:
         return out
 
     def samples_per_case(self, samples_per_epoch: int, *, rule: str = "uniform", temperature: float = 2.0,
-                         seed: int = 0, section: str = "training") -> list[int]:
-        """Samples per epoch for each item of :meth:`items` (``section``), under the sampling ``rule``."""
+                         weights: Sequence[float] | None = None, seed: int = 0,
+                         section: str = "training") -> list[int]:
+        """Samples per epoch for each item of :meth:`items` (``section``), under the sampling ``rule`` and
+        ``weights`` (one per datalist)."""
         return samples_per_item([item["dataset"] for item in self.items(section)], samples_per_epoch, rule=rule,
-                                temperature=temperature, seed=seed)
+                                temperature=temperature, weights=weights, seed=seed)
 
     def item_defaults(self) -> dict[str, Any]:
         """What an item from elsewhere (MONAI Label's datastore: image and label only) is taken to be: the first

@@ -89,7 +89,7 @@ def test_several_datalists_train_one_model_with_per_dataset_metrics(tiny_dataset
     run = bundle_cli("run", "training", "--config_file", CONFIGS / "train.json", "--logging_file",
                      CONFIGS / "logging.conf", "--datalists", datalists, "--output_dir", tmp_path / "out",
                      *TINY_OVERRIDES[:-6], "--max_epochs", "1", "--samples_per_epoch", "8", "--batch_size", "4",
-                     "--dataset_sampling", "temperature")
+                     "--dataset_sampling", "temperature", "--dataset_weights", "[1, 3]")
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     assert re.search(r"val_dice_tiny_binary_organ: \d\.\d+", log) and re.search(r"val_dice_tiny_lesion: \d", log)
@@ -100,6 +100,17 @@ def test_several_datalists_train_one_model_with_per_dataset_metrics(tiny_dataset
                                              "3": "tiny binary organ"}
     assert [d["task"] for d in payload["metadata"]["datasets"]] == ["multi-class", "binary"]
     assert (tmp_path / "out" / "routing" / "routing_epoch_001.png").is_file()
+
+
+def test_training_refuses_dataset_weights_that_do_not_match_the_datalists(tiny_dataset, tmp_path):
+    run = bundle_cli("run", "training", "--config_file", CONFIGS / "train.json", "--logging_file",
+                     CONFIGS / "logging.conf", "--datalists", f"['{tiny_dataset / 'datalist.json'}']",
+                     "--output_dir", tmp_path / "out", *TINY_OVERRIDES[:-6], "--max_epochs", "1",
+                     "--dataset_weights", "[1, 3]")
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.strip()]
+    assert errors[-1].endswith("dataset_weights needs one weight per dataset (1), got 2: [1.0, 3.0]"), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and not (tmp_path / "out" / "models").exists()
 
 
 def test_run_key_works_too(tiny_dataset, tmp_path):

@@ -88,9 +88,22 @@ def test_sampling_rules(rule, temperature, expected):
     np.testing.assert_allclose(dataset_weights([10, 30], rule, temperature), expected)
 
 
+@pytest.mark.parametrize("rule,weights,expected", [
+    ("uniform", [1, 3], [0.25, 0.75]),
+    ("uniform", [2.0, 2.0], [0.5, 0.5]),
+    ("proportional", [3, 1], [0.5, 0.5]),
+    ("temperature", [1, 1], [1 / (1 + 3 ** 0.5), 3 ** 0.5 / (1 + 3 ** 0.5)]),
+])
+def test_dataset_weights_multiply_the_rules_shares(rule, weights, expected):
+    np.testing.assert_allclose(dataset_weights([10, 30], rule, 2.0, weights), expected)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"rule": "round_robin"}, r"rule must be one of \['uniform', 'proportional', 'temperature'\], got 'round_robin'"),
     ({"rule": "temperature", "temperature": 0.0}, "temperature must be > 0, got 0.0"),
+    ({"weights": [1.0]}, r"dataset_weights needs one weight per dataset \(2\), got 1: \[1.0\]"),
+    ({"weights": [1.0, 0.0]}, r"dataset_weights must all be finite and > 0, got \[1.0, 0.0\]"),
+    ({"weights": [1.0, float("nan")]}, r"dataset_weights must all be finite and > 0, got \[1.0, nan\]"),
 ])
 def test_bad_sampling_rules(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -106,6 +119,10 @@ def test_samples_per_case_follow_the_rule_and_sum_exactly(joint):
     assert sum(proportional[:3]) == 30 and sum(proportional[3:]) == 80  # 3 and 8 cases
     with pytest.raises(ValueError, match="samples_per_epoch must be >= 1, got 0"):
         joint.samples_per_case(0)
+    weighted = joint.samples_per_case(100, rule="uniform", weights=[3, 1], seed=0)
+    assert sum(weighted[:3]) == 75 and sum(weighted[3:]) == 25
+    with pytest.raises(ValueError, match=r"one weight per dataset \(2\), got 3"):
+        joint.samples_per_case(100, weights=[1, 1, 1])
 
 
 def test_samples_per_item_groups_items_by_dataset_in_any_order(joint):
