@@ -344,7 +344,8 @@ def run_loo(ctx: Context) -> None:
              for i, r in enumerate(("segmote", "finetuned_decoder"))]
     verdict = "met" if float(worst[0]) >= -0.01 else "missed"
     scope = "" if len(args.folds) == len(LOO_FOLDS) else f" on the folds run, {', '.join(args.folds)}"
-    body = f"""## Outside the training data: leave one dataset out
+    loss = f" (loss Dice + {args.lambda_ce:g} x cross-entropy)" if args.lambda_ce else ""
+    body = f"""## Outside the training data: leave one dataset out{loss}
 
 {provenance()}
 - seed: {seed}; each fold trains SegMoTE and the fine-tuned decoder by the bundle on the four other sets' training
