@@ -100,8 +100,8 @@ class Context:
         if args.learning_rate != DEFAULT_LR:
             self.tag += f"_lr{args.learning_rate:g}"
         self.weights = dict(args.dataset_weights or {})
-        if self.weights:
-            self.tag += "_w" + "_".join(f"{n}{w:g}" for n, w in sorted(self.weights.items()))
+        self.weights_tag = "_w" + "_".join(f"{n}{w:g}" for n, w in sorted(self.weights.items())) if self.weights else ""
+        self.tag += self.weights_tag
         self.seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (1 if quick else 3))))
         # the sections of a run that leaves out seed 0 say so: they do not replace those that hold it
         self.section_tag = self.tag + (f"_seed{args.first_seed}" if args.first_seed else "")
@@ -123,6 +123,16 @@ class Context:
             return self.budget
         text = ", ".join(f"{self.datalists[n].name} x {w:g}" for n, w in self.weights.items()) + ", the others x 1"
         return replace(self.budget, dataset_weights=tuple(self.weights.get(n, 1.0) for n in names), weights_text=text)
+
+    def heading_notes(self) -> str:
+        """What a section's heading says about a run that is not the main table's Dice-only default: the loss,
+        another budget or learning rate, dataset weights (" (...; ...)"), or nothing."""
+        args = self.args
+        notes = ([f"loss Dice + {args.lambda_ce:g} x cross-entropy"] if args.lambda_ce else []) + (
+            [f"{self.budget.epochs} epochs x {self.budget.samples_per_epoch} samples, lr {self.budget.learning_rate:g}"]
+            if self.tag.replace(f"_ce{args.lambda_ce:g}", "").replace(self.weights_tag, "") else []) + (
+            [f"datasets weighted {self.budget_for(DATASETS).weights_text}"] if self.weights else [])
+        return f" ({'; '.join(notes)})" if notes else ""
 
     def titles(self) -> dict[str, str]:
         return {n: d.name for n, d in {**self.datalists, **self.ood}.items()}
@@ -191,11 +201,7 @@ def run_main(ctx: Context) -> None:
     recipes = "; ".join(f"**{MODEL_NAMES[n]}**: {RECIPES[n].description}"
                         for n in trained)
     ppt_recipes = "SegMoTE and the no-MoTE control" if "tokens_no_mote" in trained else "SegMoTE"
-    notes = ([f"loss Dice + {args.lambda_ce:g} x cross-entropy"] if args.lambda_ce else []) + (
-        [f"{ctx.budget.epochs} epochs x {ctx.budget.samples_per_epoch} samples, lr {ctx.budget.learning_rate:g}"]
-        if ctx.tag.replace(f"_ce{args.lambda_ce:g}", "") else []) + (
-        [f"datasets weighted {ctx.budget_for(DATASETS).weights_text}"] if ctx.weights else [])
-    loss = f" ({'; '.join(notes)})" if notes else ""
+    loss = ctx.heading_notes()
     title = ", ".join(MODEL_NAMES[n] for n in trained) + " and the frozen backbone" + loss
     body = f"""## Accuracy: {title}
 
@@ -344,8 +350,7 @@ def run_loo(ctx: Context) -> None:
              for i, r in enumerate(("segmote", "finetuned_decoder"))]
     verdict = "met" if float(worst[0]) >= -0.01 else "missed"
     scope = "" if len(args.folds) == len(LOO_FOLDS) else f" on the folds run, {', '.join(args.folds)}"
-    loss = f" (loss Dice + {args.lambda_ce:g} x cross-entropy)" if args.lambda_ce else ""
-    body = f"""## Outside the training data: leave one dataset out{loss}
+    body = f"""## Outside the training data: leave one dataset out{ctx.heading_notes()}
 
 {provenance()}
 - seed: {seed}; each fold trains SegMoTE and the fine-tuned decoder by the bundle on the four other sets' training
@@ -458,7 +463,7 @@ def run_ablations(ctx: Context) -> None:
         lines.append(f"| {recipe.name}: {recipe.description or 'the default'} | " + " | ".join(cells)
                      + f" | {np.mean(tight):.3f} | {np.mean(jit):.3f} | {myo[0]:.3f} / {myo[1]:.3f} | "
                      + (f"{np.mean(free):.3f}" if free else "-") + f" | {run['seconds'] / 60:.1f} |")
-    body = f"""## Ablations: one factor at a time
+    body = f"""## Ablations: one factor at a time{ctx.heading_notes() if ctx.tag else ""}
 
 {provenance()}
 - seed {seed}; every configuration trained by the bundle on the five training splits at {
