@@ -327,7 +327,7 @@ def run_loo(ctx: Context) -> None:
         res = results[fold] = Results()
         tests = {fold: ctx.datalists[fold], **ctx.ood}
         for name in recipes:
-            run = train(RECIPES[name], ctx.paths(kept), budget=ctx.budget, seed=seed,
+            run = train(RECIPES[name], ctx.paths(kept), budget=ctx.budget_for(kept), seed=seed,
                         out_dir=ctx.work / "runs" / f"loo_{fold}_{name}{ctx.tag}_seed{seed}",
                         cache_dir=ctx.work / "cache", log=log)
             res.add(name, seed, ctx.evaluate(load_model(run["checkpoint"]), tests,
@@ -371,7 +371,8 @@ def run_shift(ctx: Context) -> None:
     split cut to its normal images, then the held-out normals (in-domain) against every tuberculosis image."""
     args = ctx.args
     parts = split_by_source(ctx.datalists["xray_lung"], ctx.work)
-    kept = [ctx.datalists[n].path for n in DATASETS if n != "xray_lung"] + [parts["trained"].path]
+    order = [n for n in DATASETS if n != "xray_lung"] + ["xray_lung"]
+    kept = [ctx.datalists[n].path for n in order[:-1]] + [parts["trained"].path]
     tests = {k: parts[k] for k in ("normal_heldout", "tb_test", "tb_all")}
     titles = {"normal_heldout": "normal, test and validation splits", "tb_test": "tuberculosis, test split",
               "tb_all": "tuberculosis, every split (none trained on)"}
@@ -380,7 +381,7 @@ def run_shift(ctx: Context) -> None:
     zs = Results()
     zs.add("zero_shot", 0, ctx.evaluate(zero_shot_model(), tests, "shift_zero_shot"))
     for seed in seeds:
-        run = train(RECIPES["segmote"], kept, budget=ctx.budget, seed=seed,
+        run = train(RECIPES["segmote"], kept, budget=ctx.budget_for(order), seed=seed,
                     out_dir=ctx.work / "runs" / f"shift_xray_segmote{ctx.tag}_seed{seed}",
                     cache_dir=ctx.work / "cache", log=log)
         results.add("segmote", seed, ctx.evaluate(load_model(run["checkpoint"]), tests,
@@ -541,8 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", nargs="+", default=list(LOO_FOLDS), choices=LOO_FOLDS, metavar="NAME",
                         help=f"loo: the datasets left out, one per fold (default all: {', '.join(LOO_FOLDS)})")
     parser.add_argument("--dataset-weights", nargs="+", type=_weight, default=None, metavar="NAME=W",
-                        help=f"main: the bundle's dataset_weights for these datasets ({', '.join(DATASETS)}; the "
-                             "others 1); run folders and sections named with _w<name><w>")
+                        help=f"every subcommand that trains: the bundle's dataset_weights for these datasets "
+                             f"({', '.join(DATASETS)}; the others 1); run folders and sections named with "
+                             "_w<name><w>")
     parser.add_argument("--overlap", choices=OVERLAP_RULES, default="smaller",
                         help="the label map's rule where two classes' masks overlap (own-mask scores do not change)")
     parser.add_argument("--ablations", nargs="+", default=None, choices=[r.name for r in ABLATIONS],

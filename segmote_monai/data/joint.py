@@ -66,7 +66,7 @@ def dataset_weights(sizes: Sequence[int], rule: str = "uniform", temperature: fl
         factors = np.asarray(weights, dtype=np.float64).reshape(-1)
         if factors.size != sizes.size:
             raise RequestError(f"dataset_weights needs one weight per dataset ({sizes.size}), got {factors.size}: "
-                             f"{factors.tolist()}")
+                               f"{factors.tolist()}")
         if not (np.isfinite(factors) & (factors > 0)).all():
             raise RequestError(f"dataset_weights must all be finite and > 0, got {factors.tolist()}")
         shares = shares * factors
@@ -97,10 +97,10 @@ def samples_per_item(datasets: Sequence[int], samples_per_epoch: int, *, rule: s
     rng = np.random.RandomState(seed)
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if not groups or groups[-1] + 1 != weights.size:
-            raise RequestError(f"dataset_weights needs one weight per dataset ({groups[-1] + 1 if groups else 0}), got "
-                             f"{weights.size}: "
-                             f"{weights.tolist()}")
+        count = groups[-1] + 1 if groups else 0
+        if count != weights.size:
+            raise RequestError(f"dataset_weights needs one weight per dataset ({count}), got {weights.size}: "
+                               f"{weights.tolist()}")
         weights = weights[groups]
     shares = dataset_weights([len(members[g]) for g in groups], rule, temperature, weights)
     per_dataset = _split(samples_per_epoch, shares, rng)
