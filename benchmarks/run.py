@@ -99,9 +99,11 @@ class Context:
             self.tag += f"_{epochs}x{samples}"
         if args.learning_rate != DEFAULT_LR:
             self.tag += f"_lr{args.learning_rate:g}"
+        #: trained at another budget or learning rate than the main table's
+        self.other_budget = self.tag != (f"_ce{args.lambda_ce:g}" if args.lambda_ce else "")
         self.weights = dict(args.dataset_weights or {})
-        self.weights_tag = "_w" + "_".join(f"{n}{w:g}" for n, w in sorted(self.weights.items())) if self.weights else ""
-        self.tag += self.weights_tag
+        if self.weights:
+            self.tag += "_w" + "_".join(f"{n}{w:g}" for n, w in sorted(self.weights.items()))
         self.seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (1 if quick else 3))))
         # the sections of a run that leaves out seed 0 say so: they do not replace those that hold it
         self.section_tag = self.tag + (f"_seed{args.first_seed}" if args.first_seed else "")
@@ -130,7 +132,7 @@ class Context:
         args = self.args
         notes = ([f"loss Dice + {args.lambda_ce:g} x cross-entropy"] if args.lambda_ce else []) + (
             [f"{self.budget.epochs} epochs x {self.budget.samples_per_epoch} samples, lr {self.budget.learning_rate:g}"]
-            if self.tag.replace(f"_ce{args.lambda_ce:g}", "").replace(self.weights_tag, "") else []) + (
+            if self.other_budget else []) + (
             [f"datasets weighted {self.budget_for(DATASETS).weights_text}"] if self.weights else [])
         return f" ({'; '.join(notes)})" if notes else ""
 
@@ -464,11 +466,11 @@ def run_ablations(ctx: Context) -> None:
         lines.append(f"| {recipe.name}: {recipe.description or 'the default'} | " + " | ".join(cells)
                      + f" | {np.mean(tight):.3f} | {np.mean(jit):.3f} | {myo[0]:.3f} / {myo[1]:.3f} | "
                      + (f"{np.mean(free):.3f}" if free else "-") + f" | {run['seconds'] / 60:.1f} |")
-    body = f"""## Ablations: one factor at a time{ctx.heading_notes() if ctx.tag else ""}
+    body = f"""## Ablations: one factor at a time{ctx.heading_notes()}
 
 {provenance()}
 - seed {seed}; every configuration trained by the bundle on the five training splits at {
-"the main table's budget" if not ctx.tag.replace(f"_ce{args.lambda_ce:g}", "") else "one budget"}
+"one budget" if ctx.other_budget else "the main table's budget"}
   ({ctx.budget_for(DATASETS).text()}); per set: mean Dice over cases, tight / ±10% boxes (own-mask scoring)
 
 {chr(10).join(lines)}
