@@ -2,7 +2,7 @@
 
     python benchmarks/propagation.py [--cases 10 21] [--data_dir DIR] [--margins 0] [--overlaps 0.7]
         [--growths none 0.1] [--shifts none 2] [--tapers none 0.7] [--agreements none 0.3] [--reboxes none 0.9]
-        [--exclusives no yes] [--rebox_touching yes no] [--rebox_key_slices yes no] [--cache_dir DIR]
+        [--exclusives no yes] [--rebox_touching yes no] [--rebox_key_slices yes no] [--anchors no yes] [--cache_dir DIR]
         [--timing [--timing_reboxes none 0.9] [--timing_seeds 3d key]] [--write [--section NAME]]
 
 The shipped CHAOS checkpoint (``bundle/models/model.pt``), by default on the embedded test patients 10 and 21
@@ -16,7 +16,8 @@ has a predicted IoU below it, the box of the organ's prompt-free mask near the p
 (``prompt_free_rebox``; for key-slice seeds too unless ``--rebox_key_slices no``, as the bundle since 0.6.7);
 ``--exclusives yes``: each slice's prompt-free masks decoded for every organ, a pixel to the highest logit (the
 bundle decodes the walk's organ alone); ``--rebox_touching no``: the rebox box from all of the prompt-free mask near
-the previous mask, not only its parts that touch it.
+the previous mask, not only its parts that touch it; ``--anchors yes``: a tapering organ's box narrowed from the
+edges that receded (``propagate(anchor=True)``) rather than about its centre.
 ``--timing`` times ``--timing_seeds`` (3D boxes, key-slice boxes; the defaults, prompt-free agreement 0.3) with each
 ``--timing_reboxes``. 3D Dice
 per organ and the slices each propagation reached against the slices the organ is on (issue 11).
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--rebox_touching", nargs="+", type=_yes, default=[True],
                         help="yes (the bundle's): the rebox takes only the parts of the prompt-free mask that touch "
                              "the previous mask; no: all of it within the window")
+    parser.add_argument("--anchors", nargs="+", type=_yes, default=[False],
+                        help="narrow a tapering box from the edges that receded (yes) or about its centre (no)")
     parser.add_argument("--heading", default=None, help="the section's heading (default: from --data_dir)")
     parser.add_argument("--rebox_key_slices", nargs="*", type=_yes, default=[True],
                         help="yes (the bundle's since 0.6.7; also the flag alone): rebox key-slice seeds as well as "
@@ -228,9 +231,10 @@ def main(argv: list[str] | None = None) -> str:
                         + " | ".join(f"{d:.3f}" for d in scores) + f" | {np.mean(scores):.3f} | - "
                         f"| {time.perf_counter() - start:.0f} |")
             for (margin, overlap, growth, shift, taper, follow, agreement, rebox, exclusive,
-                 touching, key_rebox) in itertools.product(
+                 touching, key_rebox, anchor) in itertools.product(
                     args.margins, args.overlaps, args.growths, args.shifts, args.tapers, args.follows, args.agreements,
-                    args.reboxes, args.exclusives, args.rebox_touching, args.rebox_key_slices):
+                    args.reboxes, args.exclusives, args.rebox_touching, args.rebox_key_slices,
+                    args.anchors):
                 if rebox is None and (touching, key_rebox) != (args.rebox_touching[0], args.rebox_key_slices[0]):
                     continue  # without a rebox neither the bound nor the key slices' rebox changes anything
                 extra = "".join(f", {name} {value:g}" for name, value in (("max_growth", growth), ("max_shift", shift),
@@ -240,6 +244,7 @@ def main(argv: list[str] | None = None) -> str:
                                 if value is not None)
                 extra += ", prompt-free masks per class" if not exclusive and (agreement, rebox) != (None, None) else ""
                 extra += ", rebox not touching" if rebox is not None and not touching else ""
+                extra += ", narrowed from the receding edges" if anchor else ""
                 kinds = [("key slice" + ("" if key_rebox or rebox is None else " (not reboxed)"), seeds_of(label))]
                 if key_rebox == args.rebox_key_slices[0]:
                     kinds.append(("3D box, propagated", seeds_3d(label)))  # the option leaves 3D boxes as they are
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> str:
                     pred, reached = walk(segmenter, image, seeds, agreement, rebox, exclusive, margin=margin,
                                          min_overlap=overlap, max_growth=growth, max_shift=shift, taper=taper,
                                          follow=follow, rebox_key_slices=key_rebox,
-                                         rebox_touching=touching)
+                                         rebox_touching=touching, anchor=anchor)
                     scores = [dice(pred, label, c) for c in ORGANS]
                     span = ", ".join(f"{len(reached.get(c, []))}/{on[c]}" for c in ORGANS)
                     rows.append(f"| {case} | {kind}, margin {margin:g}, min_overlap {overlap:g}{extra} | "

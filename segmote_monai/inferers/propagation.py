@@ -49,7 +49,8 @@ the box follows an organ that ends on one side. On the four patients (BENCHMARKS
 ``propagation_follow``): follow 1 0.863 key-slice / 0.837 3D against 0.857 / 0.833 off, follow 0.5 0.818 / 0.826;
 the liver gained on every patient and one spleen lost 0.218, so the gain is not established and the default stays
 off (on the held-out patients 10 and 21, measured afterwards: 0.894 / 0.881 against 0.899 / 0.890, section
-``propagation_follow_heldout``). Where the walks stop on the four tuning patients (exploratory, a printing copy of
+``propagation_follow_heldout``).
+Where the walks stop on the four tuning patients (exploratory, a printing copy of
 this function, not kept): 21 of 32 walks end on a slice the organ is still on, and the in-plane overlap of a wider
 box's mask there (0.34-0.79) is no different from that where the organ has ended (0.38-0.75).
 
@@ -111,6 +112,19 @@ reboxed too since 0.6.7 (``rebox_key_slices``, on): tuning 0.868 -> 0.898, check
 Not for the automatic mode's walks, whose seeds come from the same
 prompt-free masks: there it lowered two of the four tuning patients (``benchmarks/auto.py --reboxes 0.9``: 02 0.690
 -> 0.643, 03 0.777 -> 0.775; mean 0.789 -> 0.793).
+
+``anchor`` (off by default) narrows a tapering box from the edges that receded in the walk's last step, the cut shared
+in proportion to how far each moved in (about the centre where none did), in place of about its centre: a trace of
+held-out patient 21's liver (exploratory, its script not kept) showed its tip receding from one side while the box
+narrowed about its centre, the model filling the box (masks 1.5-6 times the label's area, rated 0.78-0.87). On the four
+tuning patients (BENCHMARKS.md, section ``propagation_anchor``): key-slice seeds 0.899 against 0.898, 3D boxes 0.888
+against 0.889; the liver gained on 02 (key slice 0.842 -> 0.869, 3D 0.788 -> 0.836) and 05 and lost on 03 (key slice
+0.871 -> 0.812, its walk stopping at 10 of 19 slices): not established, so the default stays off. Cutting the walk's
+masks down to the class's prompt-free mask (dilated by 0-8 pixels; on every slice reached, or only where the prompt-free
+mask covers less than 2/3 of the walk's) lowered the same patients to 0.777-0.879 key-slice and 0.779-0.874 3D
+(exploratory, its script not kept): at the organs' ends the prompt-free masks are no better. On patient 02 the 3D box's
+liver walk loses most between its middle slice and its first, where six masks lie on the wrong part of the slice (Dice
+0.15-0.40; a tight box there 0.73-0.94) and the prompt-free masks with them (0.25-0.45).
 """
 
 from __future__ import annotations
@@ -154,6 +168,20 @@ def _followed(box: Sequence[float], last: Sequence[float], before: Sequence[floa
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
+def _receded(box: Sequence[float], scale: float, last: Sequence[float],
+             before: Sequence[float]) -> tuple[float, float, float, float]:
+    """``box`` shortened on each axis by ``1 - scale`` of its length, the cut shared between its two edges in
+    proportion to how far each edge of the mask's box moved inwards from ``before`` to ``last`` (about the centre
+    where neither did)."""
+    out = []
+    for lo, hi, inward_lo, inward_hi in ((box[0], box[2], last[0] - before[0], before[2] - last[2]),
+                                         (box[1], box[3], last[1] - before[1], before[3] - last[3])):
+        cut, inward_lo, inward_hi = (1 - scale) * (hi - lo), max(0.0, inward_lo), max(0.0, inward_hi)
+        share = inward_lo / (inward_lo + inward_hi) if inward_lo + inward_hi > 0 else 0.5
+        out.append((lo + cut * share, hi - cut * (1 - share)))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     """IoU of two bool masks (0 where both are empty)."""
     return (a & b).sum().item() / max((a | b).sum().item(), 1)
@@ -174,7 +202,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
               embeddings: dict[int, torch.Tensor] | None = None, agree: Mapping[int, torch.Tensor] | None = None,
               min_agreement: float | None = 0.3, rebox_below: float | None = None,
               rebox_window: float = 0.25, rebox_key_slices: bool = True,
-              rebox_touching: bool = True) -> tuple[torch.Tensor, dict[int, list[int]]]:
+              rebox_touching: bool = True, anchor: bool = False) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Label map [1, H, W, S] of ``image`` ([C, H, W, S], oriented, in [0, 1]) from one seed per structure, and,
     per seeded class, the slices its propagation reached (sorted; empty where the key slice's mask was).
 
@@ -188,7 +216,8 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
     mask has a predicted IoU below this, the box of the second opinion's mask within the previous mask's box widened
     by ``rebox_window`` of its size is decoded too, and the mask with the higher predicted IoU kept (None: never);
     key-slice seeds too unless ``rebox_key_slices`` is false; ``rebox_touching``: that box only from the
-    second opinion's parts that touch the previous mask.
+    second opinion's parts that touch the previous mask. ``anchor``: a tapering box narrowed from the edges that
+    receded in the last step rather than about its centre.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -268,7 +297,9 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                 elif taper is not None and before is not None and previous_area < before:
                     # the organ narrows: expect the next slice to shrink as the last step did (in length, the
                     # square root of the area ratio), or the model fills the previous, too large box
-                    box = _narrowed(box, max(taper, (previous_area / before) ** 0.5))
+                    scale = max(taper, (previous_area / before) ** 0.5)
+                    box = (_receded(box, scale, previous_box, before_box) if anchor and before_box is not None
+                           else _narrowed(box, scale))
                 current, quality = segment(z, box)
                 reboxed = False
                 if rebox and quality < rebox_below:

@@ -239,6 +239,33 @@ def test_follow_moves_each_box_edge_on_as_its_mask_edge_moved_the_step_before():
     assert [b[2] - b[0] for b in boxes[2:]] == pytest.approx([28.5, 26.6, 24.7])
 
 
+def test_anchor_narrows_a_tapering_box_from_the_edges_that_receded():
+    """The organ keeps its left, top and bottom edges and loses 2 columns on the right each slice. From the second
+    step on (the first has no shrinking step before it) the box is narrowed by s = sqrt(area ratio): about its
+    centre by default; with ``anchor`` the whole width cut comes off the right edge, the only one that receded, and
+    the height cut (no edge moved) is shared about the centre."""
+    image = torch.zeros(1, 64, 64, 10)
+    for z in range(2, 7):
+        image[0, 20:41, 10:41 - 2 * (z - 2), z] = 1.0
+    model = ObjectInBox()
+    boxes = []
+    predict = model.predict
+    model.predict = lambda **kw: boxes.append(kw["boxes"][0].tolist()) or predict(**kw)
+    seed = [PropagationSeed(1, 2, (10.0, 20.0, 40.0, 40.0), first=2, last=6)]
+    off = {"max_growth": None, "max_shift": None, "taper": 0.7}
+    scale = (29 / 31) ** 0.5  # slice 3's area after slice 2's: 29 x 21 after 31 x 21 pixels
+    propagate(SliceSegmenter(model, backbone="tiny"), image, seed, **off)
+    centred = boxes[2]
+    assert centred == pytest.approx([9 + (1 - scale) * 15, 19 + (1 - scale) * 11, 39 - (1 - scale) * 15,
+                                     41 - (1 - scale) * 11])
+    boxes.clear()
+    labels, reached = propagate(SliceSegmenter(model, backbone="tiny"), image, seed, anchor=True, **off)
+    assert boxes[:2] == [[10.0, 20.0, 40.0, 40.0], [9.0, 19.0, 41.0, 41.0]]  # the key slice, then no narrowing
+    assert boxes[2] == pytest.approx([9, centred[1], 39 - (1 - scale) * 30, centred[3]])
+    assert all(box[0] == 9.0 for box in boxes[1:])
+    assert reached == {1: [2, 3, 4, 5, 6]} and torch.equal(labels[0] == 1, image[0] > 0.5)
+
+
 def test_a_followed_box_that_would_invert_inside_a_3d_box_falls_back_to_the_unfollowed_box():
     """Slice 2 fills the 3D box's columns 0-30; slices 3 and 4 keep only columns 28-30. Following the left edge's
     step of 28 columns would put it past the box's right side (an inverted box): the unfollowed box is used."""
