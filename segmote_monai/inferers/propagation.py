@@ -49,8 +49,7 @@ the box follows an organ that ends on one side. On the four patients (BENCHMARKS
 ``propagation_follow``): follow 1 0.863 key-slice / 0.837 3D against 0.857 / 0.833 off, follow 0.5 0.818 / 0.826;
 the liver gained on every patient and one spleen lost 0.218, so the gain is not established and the default stays
 off (on the held-out patients 10 and 21, measured afterwards: 0.894 / 0.881 against 0.899 / 0.890, section
-``propagation_follow_heldout``).
-Where the walks stop on the four tuning patients (exploratory, a printing copy of
+``propagation_follow_heldout``). Where the walks stop on the four tuning patients (exploratory, a printing copy of
 this function, not kept): 21 of 32 walks end on a slice the organ is still on, and the in-plane overlap of a wider
 box's mask there (0.34-0.79) is no different from that where the organ has ended (0.38-0.75).
 
@@ -298,8 +297,7 @@ def propagate(segmenter: SliceSegmenter, image: torch.Tensor, seeds: Sequence[Pr
                     # the organ narrows: expect the next slice to shrink as the last step did (in length, the
                     # square root of the area ratio), or the model fills the previous, too large box
                     scale = max(taper, (previous_area / before) ** 0.5)
-                    box = (_receded(box, scale, previous_box, before_box) if anchor and before_box is not None
-                           else _narrowed(box, scale))
+                    box = _receded(box, scale, previous_box, before_box) if anchor else _narrowed(box, scale)
                 current, quality = segment(z, box)
                 reboxed = False
                 if rebox and quality < rebox_below:
