@@ -49,7 +49,7 @@ mask (IoU at least ``agreement``). Chosen on the same sixteen tuning volumes, on
 seed 1: 0.866 -> 0.864).
 
 Where it still fails (validation patient 02, shipped weights, 0.6.8's propagation: 0.690; a trace, exploratory, its
-script not kept): the left kidney (0.320) is seeded on slice 6, near its upper pole, and its walk reaches slices 5-9 of
+script not kept): the left kidney (0.320) is seeded on slice 6, near one pole, and its walk reaches slices 5-9 of
 3-16; on slices 9-12 its prompt-free masks all but vanish (39-65 pixels, where the kidney has 1503-1776), and with every
 stopping rule off the walk runs through the volume and still scores 0.329: its boxes leave the kidney while a tight box
 on every slice gives it 0.951. The growth rule is not the cause (max_growth None or 0.3: the same Dice on patients 01
