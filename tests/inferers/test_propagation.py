@@ -213,10 +213,9 @@ def test_a_tapering_organ_gets_a_box_narrowed_as_the_last_step_shrank():
     assert torch.equal(plain[..., :6], narrowed[..., :6])  # nothing shrank before slice 6
 
 
-def test_follow_moves_each_box_edge_on_as_its_mask_edge_moved_the_step_before():
-    """The organ keeps its left edge and loses 2 columns on the right each slice (columns 10 to 40, 38, 36, ...).
-    Each box is the previous mask's box plus one pixel (margin 0); with ``follow`` its right edge also moves in by
-    the 2 columns the last step took, from the second step on (the first has no step before it)."""
+def _receding_organ():
+    """Slices 2-6 of an organ (rows 20-40) that keeps its left edge (column 10) and loses 2 columns on the right
+    each slice (to 40, 38, 36, ...); a model that records every box it is given; the organ's key-slice seed."""
     image = torch.zeros(1, 64, 64, 10)
     for z in range(2, 7):
         image[0, 20:41, 10:41 - 2 * (z - 2), z] = 1.0
@@ -224,7 +223,14 @@ def test_follow_moves_each_box_edge_on_as_its_mask_edge_moved_the_step_before():
     boxes = []
     predict = model.predict
     model.predict = lambda **kw: boxes.append(kw["boxes"][0].tolist()) or predict(**kw)
-    seed = [PropagationSeed(1, 2, (10.0, 20.0, 40.0, 40.0), first=2, last=6)]
+    return image, model, boxes, [PropagationSeed(1, 2, (10.0, 20.0, 40.0, 40.0), first=2, last=6)]
+
+
+def test_follow_moves_each_box_edge_on_as_its_mask_edge_moved_the_step_before():
+    """The organ keeps its left edge and loses 2 columns on the right each slice (columns 10 to 40, 38, 36, ...).
+    Each box is the previous mask's box plus one pixel (margin 0); with ``follow`` its right edge also moves in by
+    the 2 columns the last step took, from the second step on (the first has no step before it)."""
+    image, model, boxes, seed = _receding_organ()
     off = {"max_growth": None, "max_shift": None, "taper": None}
     propagate(SliceSegmenter(model, backbone="tiny"), image, seed, **off)
     assert [b[2] for b in boxes] == [40, 41, 39, 37, 35]  # one slice behind: 2 columns more than the organ
@@ -244,14 +250,7 @@ def test_anchor_narrows_a_tapering_box_from_the_edges_that_receded():
     step on (the first has no shrinking step before it) the box is narrowed by s = sqrt(area ratio): about its
     centre by default; with ``anchor`` the whole width cut comes off the right edge, the only one that receded, and
     the height cut (no edge moved) is shared about the centre."""
-    image = torch.zeros(1, 64, 64, 10)
-    for z in range(2, 7):
-        image[0, 20:41, 10:41 - 2 * (z - 2), z] = 1.0
-    model = ObjectInBox()
-    boxes = []
-    predict = model.predict
-    model.predict = lambda **kw: boxes.append(kw["boxes"][0].tolist()) or predict(**kw)
-    seed = [PropagationSeed(1, 2, (10.0, 20.0, 40.0, 40.0), first=2, last=6)]
+    image, model, boxes, seed = _receding_organ()
     off = {"max_growth": None, "max_shift": None, "taper": 0.7}
     scale = (29 / 31) ** 0.5  # slice 3's area after slice 2's: 29 x 21 after 31 x 21 pixels
     propagate(SliceSegmenter(model, backbone="tiny"), image, seed, **off)
