@@ -236,7 +236,7 @@ the bundle's `label_overlap` default; `python benchmarks/run.py main --overlap l
 
 Per class, mean over cases and seeds:
 
-{class_table(results, everything, ('zero_shot', 'finetuned_decoder', 'segmote'))}
+{class_table(results, everything, models)}
 
 {targets(results, ctx)}
 """
