@@ -9,6 +9,7 @@ pixels, x along columns (the last axis), y along rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,18 +225,40 @@ class LabelToPrompts(Randomizable, Transform):
 class RandPrompt(LabelToPrompts):
     """One training prompt per sample: picks one class present in the [1, H, W] label (uniformly; an absent
     class when none is present), and returns its binary ``mask`` [1, H, W] (the target and PPT's mask
-    carrier), ``class_id``, ``box`` [4] and optionally ``points`` [P, 2] / ``point_labels`` [P]."""
+    carrier), ``class_id``, ``box`` [4] and optionally ``points`` [P, 2] / ``point_labels`` [P].
+
+    ``neighbour_share``: the share of samples whose box is the class's tight box on a neighbouring slice
+    (``neighbours`` [N, H, W], e.g. the slices above and below from :class:`RandSliceSamplerd`), one where the
+    class is present, chosen uniformly; the mask stays this slice's. That is the box a propagation walk hands
+    the next slice (:func:`~segmote_monai.inferers.propagation.propagate`, margin 0): on CHAOS, the shipped
+    model's slice Dice with such boxes is 0.883 against 0.907 with ±10% jitter (tuning patients). Samples
+    with no such neighbour keep their own box; 0 (the default) draws nothing more from the random state.
+    """
+
+    def __init__(self, classes: Sequence[int], *, neighbour_share: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(classes, **kwargs)
+        if not 0.0 <= neighbour_share <= 1.0:
+            raise ValueError(f"neighbour_share must be in [0, 1], got {neighbour_share}")
+        self.neighbour_share = float(neighbour_share)
 
     def randomize(self, data: torch.Tensor) -> None:
         present = [c for c in self.classes if bool((data == c).any())]
         self._class = int(self.R.choice(present or self.classes))
 
-    def __call__(self, label: torch.Tensor, randomize: bool = True) -> dict[str, torch.Tensor]:
+    def __call__(self, label: torch.Tensor, randomize: bool = True,
+                 neighbours: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         label = torch.as_tensor(label)[0]
         if randomize:
             self.randomize(label)
         mask = label == self._class
-        return {"mask": mask[None].float(), "class_id": torch.tensor(self._class), **self.prompt_for(mask)}
+        out = {"mask": mask[None].float(), "class_id": torch.tensor(self._class), **self.prompt_for(mask)}
+        if self.neighbour_share and neighbours is not None and mask.any() \
+                and self.R.rand() < self.neighbour_share:
+            around = [n == self._class for n in torch.as_tensor(neighbours)]
+            around = [n for n in around if n.any()]
+            if around:
+                out["box"] = box_of_mask(around[self.R.randint(len(around))])
+        return out
 
 
 class RandClassTarget(Randomizable, Transform):

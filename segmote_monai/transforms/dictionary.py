@@ -267,9 +267,21 @@ class RandClassTargetd(_PromptsFromLabeld):
 
 class RandPromptd(_PromptsFromLabeld):
     """Adds one training prompt per sample (see :class:`~segmote_monai.transforms.array.RandPrompt`):
-    ``mask``, ``class_id``, ``box`` and optionally ``points`` / ``point_labels``."""
+    ``mask``, ``class_id``, ``box`` and optionally ``points`` / ``point_labels``. With ``neighbours_key``
+    (where :class:`RandSliceSamplerd` put the neighbouring slices' labels) and ``neighbour_share`` > 0, that
+    share of the boxes comes from a neighbouring slice."""
 
     prompt_type = RandPrompt
+
+    def __init__(self, label_key: str = "label", *, neighbours_key: str | None = None, **kwargs: Any) -> None:
+        super().__init__(label_key, **kwargs)
+        self.neighbours_key = neighbours_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        neighbours = d.get(self.neighbours_key) if self.neighbours_key is not None else None
+        d.update(self.prompts(d[self.keys[0]], neighbours=neighbours))
+        return d
 
 
 def _slice_item(d: dict, keys: Sequence[Hashable], index: int) -> dict:
@@ -297,10 +309,14 @@ class SliceVolumed(MapTransform):
 class RandSliceSamplerd(Randomizable, MapTransform):
     """Draws ``num_samples`` slices of a volume for training: each is an empty slice (no label value > 0)
     with probability ``empty_share`` (when the volume has one), else a slice with foreground. A 2D item
-    gives ``[item]``."""
+    gives ``[item]``.
+
+    ``neighbours_key``: also put the labels of the slices before and after each drawn slice there, [2, H, W]
+    (zeros past the volume's ends and for 2D items), for :class:`RandPromptd`'s neighbour boxes.
+    """
 
     def __init__(self, keys: KeysCollection = ("image", "label"), *, label_key: str = "label",
-                 num_samples: int = 4, empty_share: float = 0.0) -> None:
+                 num_samples: int = 4, empty_share: float = 0.0, neighbours_key: str | None = None) -> None:
         super().__init__(keys)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -309,6 +325,7 @@ class RandSliceSamplerd(Randomizable, MapTransform):
         self.label_key = label_key
         self.num_samples = num_samples
         self.empty_share = empty_share
+        self.neighbours_key = neighbours_key
 
     def randomize(self, foreground: np.ndarray) -> None:
         empty = np.flatnonzero(~foreground)
@@ -323,11 +340,21 @@ class RandSliceSamplerd(Randomizable, MapTransform):
         d = dict(data)
         label = d[self.label_key]
         if label.ndim == 3:
-            return [{**d, "slice_index": 0}]
+            item = {**d, "slice_index": 0}
+            if self.neighbours_key is not None:
+                item[self.neighbours_key] = torch.zeros((2, *label.shape[1:]), dtype=torch.as_tensor(label).dtype)
+            return [item]
         foreground = (torch.as_tensor(label) > 0).flatten(0, 2).any(dim=0).numpy()
         self.randomize(foreground)
         keys = list(self.key_iterator(d))
-        return [_slice_item(d, keys, i) for i in self._picks]
+        items = [_slice_item(d, keys, i) for i in self._picks]
+        if self.neighbours_key is not None:
+            slices = volume_to_slices(torch.as_tensor(label))[:, 0]
+            empty = torch.zeros_like(slices[0])
+            for item, i in zip(items, self._picks):
+                item[self.neighbours_key] = torch.stack(
+                    [slices[i - 1] if i > 0 else empty, slices[i + 1] if i + 1 < len(slices) else empty])
+        return items
 
 
 class RestoreGridd(MapTransform):

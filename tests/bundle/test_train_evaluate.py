@@ -47,6 +47,18 @@ def test_class_prompts_recipe_overrides_named_keys():
     assert parser.get_parsed_content("num_condition_classes") > 0 and parser.get_parsed_content("lambda_ce") == 1.0
 
 
+@pytest.mark.parametrize("share,key", [(0.0, None), (0.5, "label_neighbours")])
+def test_neighbour_box_share_reaches_the_sampler_and_the_prompts(share, key):
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "train.json")
+    parser["bundle_root"] = str(CONFIGS.parent)
+    parser["neighbour_box_share"] = share
+    assert parser.get_parsed_content("train#slice_sampler").neighbours_key == key
+    prompts = parser.get_parsed_content("train#slice_transforms").transforms[3]
+    assert prompts.prompts.neighbour_share == share and prompts.neighbours_key == "label_neighbours"
+    assert parser.get_parsed_content("tracked_params")["neighbour_box_share"] == share
+
+
 def test_metadata_verifies_offline(tmp_path):
     schema = Path(__file__).parent / "zoo_ci" / "meta_schema_20240725.json"
     run = bundle_cli("verify_metadata", "--meta_file", CONFIGS / "metadata.json", "--filepath", schema)
@@ -116,7 +128,8 @@ def test_training_refuses_dataset_weights_that_do_not_match_the_datalists(tiny_d
 def test_run_key_works_too(tiny_dataset, tmp_path):
     run = bundle_cli("run", "--config_file", CONFIGS / "train.json", "--dataset_dir", tiny_dataset,
                      "--datalist", tiny_dataset / "datalist.json", "--output_dir", tmp_path,
-                     *TINY_OVERRIDES[:-6], "--max_epochs", "1", "--samples_per_volume", "1")
+                     *TINY_OVERRIDES[:-6], "--max_epochs", "1", "--samples_per_volume", "1",
+                     "--neighbour_box_share", "1.0")  # and the neighbour boxes' keys pass the slice transforms
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert (tmp_path / "models" / "segmote_latest.pt").is_file()
 

@@ -162,6 +162,45 @@ def test_rand_prompt_picks_a_present_class():
     assert torch.equal(out["box"], box_of_mask(out["mask"][0] > 0))
 
 
+def _tapering() -> tuple[torch.Tensor, torch.Tensor]:
+    """A [1, 12, 12] slice with class 1 in rows 4-7 and its two neighbours: class 1 in rows 2-9 below and
+    nowhere above."""
+    label = torch.zeros(1, 12, 12, dtype=torch.long)
+    label[0, 4:8, 4:8] = 1
+    neighbours = torch.zeros(2, 12, 12, dtype=torch.long)
+    neighbours[0, 2:10, 3:9] = 1
+    return label, neighbours
+
+
+@pytest.mark.parametrize("share,neighbour_boxes", [(0.0, 0), (1.0, 20), (0.5, None)])
+def test_rand_prompt_boxes_from_a_neighbouring_slice(share, neighbour_boxes):
+    label, neighbours = _tapering()
+    prompt = RandPrompt([1], neighbour_share=share).set_random_state(0)
+    outs = [prompt(label, neighbours=neighbours) for _ in range(20)]
+    boxes = [o["box"].tolist() for o in outs]
+    assert set(map(tuple, boxes)) <= {(4.0, 4.0, 7.0, 7.0), (3.0, 2.0, 8.0, 9.0)}  # its own or the neighbour's
+    drawn = sum(b == [3.0, 2.0, 8.0, 9.0] for b in boxes)
+    assert drawn == neighbour_boxes if neighbour_boxes is not None else 0 < drawn < 20
+    assert all(torch.equal(o["mask"], label.float()) for o in outs)  # the target stays this slice's
+
+
+def test_rand_prompt_neighbour_share_keeps_the_random_stream_without_neighbours():
+    label, _ = _tapering()
+    plain = RandPrompt([1], jitter=0.2).set_random_state(0)
+    shared = RandPrompt([1], jitter=0.2, neighbour_share=0.5).set_random_state(0)
+    for _ in range(5):
+        assert torch.equal(plain(label)["box"], shared(label)["box"])
+    empty = torch.zeros(2, 12, 12, dtype=torch.long)  # the class on neither neighbour: its own box
+    assert RandPrompt([1], neighbour_share=1.0).set_random_state(0)(label, neighbours=empty)["box"].tolist() == \
+        [4.0, 4.0, 7.0, 7.0]
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_rand_prompt_refuses_a_neighbour_share_outside_0_1(share):
+    with pytest.raises(ValueError, match=f"neighbour_share must be in \\[0, 1\\], got {share}"):
+        RandPrompt([1], neighbour_share=share)
+
+
 def test_rand_prompt_on_an_empty_slice():
     out = RandPrompt([2]).set_random_state(0)(torch.zeros(1, 8, 10))
     assert out["mask"].sum() == 0 and out["class_id"] == 2

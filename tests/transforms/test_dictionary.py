@@ -20,6 +20,7 @@ from segmote_monai.transforms import (
     ScaleIntensityByModalityd,
     SliceVolumed,
     ToRGBd,
+    box_of_mask,
 )
 
 CHAOS = Path(__file__).resolve().parents[2] / "bundle" / "data" / "chaos_t2"
@@ -74,6 +75,35 @@ def test_slice_sampler_share_of_empty_slices(volume, empty_share, expect_empty):
         assert tuple(sample["image"].shape) == (1, 256, 256)
         assert bool(sample["label"].sum() == 0) == expect_empty
         assert torch.equal(sample["label"], volume["label"][..., sample["slice_index"]])
+
+
+def test_slice_sampler_carries_the_neighbouring_labels(volume):
+    label = volume["label"]
+    samples = RandSliceSamplerd(num_samples=20, neighbours_key="around").set_random_state(0)(volume)
+    for sample in samples:
+        i, around = sample["slice_index"], sample["around"]
+        assert tuple(around.shape) == (2, 256, 256)
+        for row, j in ((0, i - 1), (1, i + 1)):
+            expected = label[0, ..., j] if 0 <= j < label.shape[-1] else torch.zeros_like(label[0, ..., 0])
+            assert torch.equal(torch.as_tensor(around[row]), torch.as_tensor(expected))
+    two = {"image": torch.rand(1, 6, 6, 2), "label": torch.stack([torch.ones(1, 6, 6), 2 * torch.ones(1, 6, 6)], -1)}
+    for sample in RandSliceSamplerd(num_samples=6, neighbours_key="around").set_random_state(0)(two):
+        other = 2 - sample["slice_index"]  # the other slice's value; past the ends: zeros
+        expected = [0, other] if sample["slice_index"] == 0 else [other, 0]
+        assert [int(v) for v in sample["around"].amax(dim=(1, 2))] == expected
+    assert "around" not in RandSliceSamplerd(num_samples=2).set_random_state(0)(volume)[0]
+    (flat,) = RandSliceSamplerd(neighbours_key="around")({"image": torch.rand(3, 20, 30),
+                                                          "label": torch.ones(1, 20, 30)})
+    assert tuple(flat["around"].shape) == (2, 20, 30) and not flat["around"].any()  # a 2D image: none
+
+
+def test_rand_promptd_takes_neighbour_boxes_from_the_sampler(volume):
+    sample = RandSliceSamplerd(num_samples=1, neighbours_key="around").set_random_state(1)(volume)[0]
+    i = sample["slice_index"]
+    out = RandPromptd(classes=[1, 2, 3, 4], neighbours_key="around", neighbour_share=1.0).set_random_state(0)(sample)
+    c = int(out["class_id"])
+    near = [volume["label"][0, ..., j] == c for j in (i - 1, i + 1) if 0 <= j < volume["label"].shape[-1]]
+    assert any(bool(m.any()) and out["box"].tolist() == box_of_mask(torch.as_tensor(m)).tolist() for m in near)
 
 
 def test_slice_sampler_is_seeded(volume):
