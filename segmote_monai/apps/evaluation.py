@@ -31,7 +31,7 @@ from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.datalist import Datalist
 from segmote_monai.distributed import rank_and_world
 from segmote_monai.errors import InputFileError, RequestError
-from segmote_monai.inferers.slices import SliceSegmenter, prompts_from_label
+from segmote_monai.inferers.slices import SliceSegmenter, check_options, prompts_from_label
 from segmote_monai.metrics import dice_per_class
 from segmote_monai.networks.decoder import MoTEMaskDecoder
 from segmote_monai.networks.segmote import SegMoTE
@@ -80,6 +80,8 @@ class BundleEvaluation:
             class-conditioned PPT (``class_prompts``), every class asked for on every slice (automatic
             multi-class segmentation per slice; the inference's ``auto_propagate``, seeds propagated through the
             volume, is scored by ``benchmarks/auto.py``). ``None``: whenever the network can.
+        prompt_free_refine: on a binary task, the prompt-free row's parts re-decoded with their own boxes, as the
+            inference's ``prompt_free_refine`` does (None: PPT's mask as it is, what ``benchmarks/run.py`` scores).
         overlap: the label map's rule where two classes' masks overlap
             (:func:`~segmote_monai.inferers.merge_masks`).
         class_boxes: give the network each box's class (class-aware prompts; a class-conditioned model only).
@@ -107,6 +109,7 @@ class BundleEvaluation:
         slice_batch_size: int = 8,
         baselines: Mapping[str, SegMoTE] | None = None,
         prompt_free: bool | None = None,
+        prompt_free_refine: float | None = None,
         overlap: str = "smaller",
         class_boxes: bool = False,
         class_offset: int | None = 0,
@@ -144,6 +147,8 @@ class BundleEvaluation:
                                f"task is {datalist.task!r}, PPT {'on' if network.ppt is not None else 'off'}, class "
                                f"conditioning {'on' if network.class_conditioned else 'off'}")
         self.prompt_free = can if prompt_free is None else bool(prompt_free)
+        check_options(refine=prompt_free_refine)
+        self.prompt_free_refine = prompt_free_refine
 
     def _scores(self, model: SegMoTE, case: dict, prompts: Any) -> list[tuple[str, int, float]]:
         """(scoring, class, Dice) for every class present in the case's label."""
@@ -154,7 +159,8 @@ class BundleEvaluation:
         labels, own = segmenter(case["image"], prompts, prompt_free_class=self.datalist.classes[0], class_masks=True,
                                 ppt_beside_boxes=beside, class_boxes=own_model and self.class_boxes,
                                 auto_classes=self.datalist.classes if own_model and self.auto else None,
-                                class_offset=self.class_offset if own_model else 0)
+                                class_offset=self.class_offset if own_model else 0,
+                                prompt_free_refine=self.prompt_free_refine if own_model and prompts is None else None)
         out = [("label_map", c, d) for c, d in dice_per_class(labels, case["label"], self.datalist.classes).items()]
         for c in self.datalist.classes:
             truth = case["label"] == c

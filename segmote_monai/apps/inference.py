@@ -109,6 +109,9 @@ class BundleInference:
         prompt_free_rebox: class-conditioned models: where a walk from a propagated box gets a mask the model
             rates below this predicted IoU, the box of the class's prompt-free mask there is tried too and the better
             rated mask kept (None: never).
+        prompt_free_refine: binary models with ``prompt_mode="auto"``: each part of a slice's prompt-free mask with at
+            least this fraction of the largest part's area is decoded again with its own tight box, the union kept
+            (None: the prompt-free mask as it is).
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, prompt-free: on a volume from one automatic seed per class, propagated, unless
@@ -141,6 +144,7 @@ class BundleInference:
         auto_seed_margin: float = 0.1,
         prompt_free_agreement: float | None = 0.3,
         prompt_free_rebox: float | None = 0.9,
+        prompt_free_refine: float | None = 0.5,
         progress: bool = True,
     ) -> None:
         self.labels = {int(k): v for k, v in labels.items() if int(k) > 0}
@@ -161,6 +165,7 @@ class BundleInference:
                                             auto_seed_margin=auto_seed_margin,
                                             prompt_free_agreement=prompt_free_agreement,
                                             prompt_free_rebox=prompt_free_rebox,
+                                            prompt_free_refine=prompt_free_refine,
                                             class_boxes=class_boxes and network.class_conditioned,
                                             ppt_beside_boxes=task == "binary" and network.ppt_beside_prompts,
                                             propagation=propagation)

@@ -52,6 +52,9 @@ class PromptedSliceInferer(Inferer):
             predicted IoU is below this, the box of the class's prompt-free mask near the previous mask is tried too
             and the mask with the higher predicted IoU kept (``rebox_below`` of
             :func:`~segmote_monai.inferers.propagation.propagate`, which says why; None: never).
+        prompt_free_refine: binary models with no prompt: each part of a slice's prompt-free mask with at least this
+            fraction of the largest part's area is decoded again with its own tight box, the union kept (None: the
+            prompt-free mask as it is; :meth:`~segmote_monai.inferers.SliceSegmenter._rebox_parts` says why).
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
@@ -65,11 +68,13 @@ class PromptedSliceInferer(Inferer):
                  overlap: str = "smaller", prompt_free_class: int = 1, auto_classes: Sequence[int] | None = None,
                  auto_presence: bool = True, auto_propagate: bool = True, auto_min_area_fraction: float = 0.5,
                  auto_seed_margin: float = 0.1, prompt_free_agreement: float | None = 0.3,
-                 prompt_free_rebox: float | None = 0.9, class_boxes: bool = False, ppt_beside_boxes: bool = False,
+                 prompt_free_rebox: float | None = 0.9, prompt_free_refine: float | None = 0.5,
+                 class_boxes: bool = False, ppt_beside_boxes: bool = False,
                  propagation: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_options(batch_size=batch_size, overlap=overlap, min_area_fraction=auto_min_area_fraction,
-                      seed_margin=auto_seed_margin, agreement=prompt_free_agreement, rebox=prompt_free_rebox)
+                      seed_margin=auto_seed_margin, agreement=prompt_free_agreement, rebox=prompt_free_rebox,
+                      refine=prompt_free_refine)
         self.backbone = backbone
         self.batch_size = batch_size
         self.cache = cache
@@ -82,6 +87,7 @@ class PromptedSliceInferer(Inferer):
         self.auto_seed_margin = auto_seed_margin
         self.prompt_free_agreement = prompt_free_agreement
         self.prompt_free_rebox = prompt_free_rebox
+        self.prompt_free_refine = prompt_free_refine
         self.class_boxes = bool(class_boxes)
         self.ppt_beside_boxes = ppt_beside_boxes
         self.propagation = dict(propagation or {})
@@ -123,6 +129,7 @@ class PromptedSliceInferer(Inferer):
             labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence)
         else:
             labels = segmenter(image, prompts, prompt_free_class=self.prompt_free_class,
+                               prompt_free_refine=self.prompt_free_refine,
                                class_boxes=self.class_boxes and prompts is not None,
                                ppt_beside_boxes=self.ppt_beside_boxes and prompts is not None)
         return labels[None].to(inputs.device)

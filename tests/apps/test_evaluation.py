@@ -210,3 +210,25 @@ def test_class_options_a_model_cannot_honour_are_refused(two_class_datalist, tmp
     # where the checkpoint file is known, the refusal names it (the model, not the option, is what lacks it)
     with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'm.pt'))}: {message}"):
         _evaluation(two_class_datalist, tmp_path, checkpoint=tmp_path / "m.pt", **options)
+
+
+@pytest.mark.parametrize("refine", [None, 0.5])
+def test_the_prompt_free_row_is_refined_as_inference_refines_it(binary_datalist, tmp_path, monkeypatch, refine):
+    import segmote_monai.apps.evaluation as evaluation_module
+
+    asked = []
+
+    class Recording(evaluation_module.SliceSegmenter):
+        def __call__(self, image, prompts=None, **kwargs):
+            asked.append((prompts is None, kwargs["prompt_free_refine"]))
+            return super().__call__(image, prompts, **kwargs)
+
+    monkeypatch.setattr(evaluation_module, "SliceSegmenter", Recording)
+    _evaluation(binary_datalist, tmp_path / "out", prompt_free_refine=refine).run()
+    # the network's prompt-free calls get the option; its box calls and the zero-shot baseline's never do
+    assert {r for p, r in asked if p} == {refine} and {r for p, r in asked if not p} == {None}
+
+
+def test_a_prompt_free_refine_outside_0_1_is_refused(binary_datalist, tmp_path):
+    with pytest.raises(ValueError, match=r"prompt_free_refine must be in \[0, 1\] \(or null\), got -1"):
+        _evaluation(binary_datalist, tmp_path / "out", prompt_free_refine=-1)

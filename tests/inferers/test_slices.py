@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segmote_monai.data.cache import EmbeddingCache
-from segmote_monai.inferers import SliceSegmenter, merge_masks, prompts_from_label
+from segmote_monai.inferers import PromptedSliceInferer, SliceSegmenter, merge_masks, prompts_from_label
 from tests.conftest import tiny_segmote
 
 
@@ -66,6 +66,32 @@ def test_prompt_free_gives_the_binary_class_and_2d_stays_2d():
     assert pred.shape == (1, 40, 40)
     assert set(torch.unique(pred).tolist()) == {0, 3}
     assert (pred[0, 10:20, 5:30] == 3).float().mean() > 0.95
+
+
+def _parts_volume():
+    """[1, 64, 64, 3]: slice 0 holds an L (box x 5-34, y 10-29) and a 3 x 3 speck, slice 1 nothing, slice 2 a
+    rectangle; BoxPainter's prompt-free mask is the bright part of the image."""
+    image = torch.zeros(1, 64, 64, 3)
+    image[0, 10:30, 5:15, 0] = image[0, 25:30, 5:35, 0] = 1.0
+    image[0, 50:53, 50:53, 0] = 1.0
+    image[0, 40:45, 20:40, 2] = 1.0
+    return image
+
+
+@pytest.mark.parametrize("refine", [None, 0.0, 0.5])
+def test_prompt_free_refine_decodes_each_large_enough_part_with_its_own_box(refine):
+    image = _parts_volume()
+    pred = SliceSegmenter(BoxPainter(), backbone="tiny", batch_size=2)(image, None, prompt_free_refine=refine)
+    expected = (image > 0.5).to(torch.uint8)
+    if refine is not None:
+        expected[0, 10:30, 5:35, 0] = 1  # the L's box, filled by the painter
+        expected[0, 50:53, 50:53, 0] = int(refine == 0.0)  # the speck is 9 pixels, the L 225
+    assert torch.equal(pred, expected)
+
+
+def test_prompt_free_refine_is_refused_outside_0_1():
+    with pytest.raises(ValueError, match=r"prompt_free_refine must be in \[0, 1\] \(or null\), got 2"):
+        SliceSegmenter(BoxPainter(), backbone="tiny")(_parts_volume(), None, prompt_free_refine=2)
 
 
 class ClassPainter(BoxPainter):
@@ -226,6 +252,19 @@ def _with_prompts(image, prompts):
     return image
 
 
+@pytest.mark.parametrize("refine", [None, 0.0, 0.5])
+def test_prompted_inferer_refines_a_binary_models_prompt_free_masks(refine):
+    model = BoxPainter()
+    model.ppt = torch.nn.Identity()  # a binary model with PPT
+    image = _parts_volume()
+    out = PromptedSliceInferer(backbone="tiny", prompt_free_refine=refine)(_with_prompts(image, None)[None], model)
+    assert torch.equal(out[0], SliceSegmenter(model, backbone="tiny")(image, None, prompt_free_refine=refine))
+
+
+def test_the_inferers_default_refines_at_half_the_largest_part():
+    assert PromptedSliceInferer(backbone="tiny").prompt_free_refine == 0.5  # as the bundle's inference.json
+
+
 def test_prompted_inferer_is_the_slice_segmenter_behind_monais_inferer_call():
     """MONAI Label calls ``inferer(inputs, network)`` with the batched image: the prompts ride in its meta."""
     from segmote_monai.inferers import PromptedSliceInferer
@@ -257,7 +296,9 @@ def test_prompted_inferer_refusals(inputs, message):
 
 
 @pytest.mark.parametrize("kwargs,message", [({"overlap": "largest"}, "overlap must be one of"),
-                                            ({"batch_size": 0}, "batch_size must be >= 1")])
+                                            ({"batch_size": 0}, "batch_size must be >= 1"),
+                                            ({"prompt_free_refine": 1.5},
+                                             r"prompt_free_refine must be in \[0, 1\] \(or null\), got 1.5")])
 def test_prompted_inferer_arguments(kwargs, message):
     from segmote_monai.inferers import PromptedSliceInferer
 

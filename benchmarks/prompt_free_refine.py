@@ -1,0 +1,124 @@
+"""Binary prompt-free (PPT) masks as they are, or each large-enough part re-decoded with its own tight box.
+
+    python benchmarks/prompt_free_refine.py [--runs segmote_ce1_20x300_wacdc3_seed0 segmote_ce1_20x300_wacdc3_seed1]
+        [--fractions 0 0.1 0.25 0.5 1] [--sections validation training test] [--write]
+
+The checkpoints are the last epochs of ``benchmarks/run.py main`` runs (``<work-dir>/runs/<run>/models/``, trained
+on the five sets' training splits), one per seed. On each binary set (PH2, Kvasir-SEG, the chest X-rays) and split,
+every image is segmented with no prompt by :class:`~segmote_monai.inferers.SliceSegmenter`, with
+``prompt_free_refine`` off and at each fraction (the parts of the prompt-free mask with at least that fraction of
+the largest part's area, each decoded again with its tight box, their union kept). Dice per image, mean per set,
+split and run. The fraction is chosen on the validation and training splits; the test split is reported beside
+them. The decoder time with a cached encoder output, per image, is printed with and without the refine at the
+chosen fraction, against the encoder's time on a few images. Prints a Markdown section (machine, commit,
+command); ``--write`` puts it in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
+from benchmark_data import load_splits
+from common import REPO, log, provenance, write_section
+
+from segmote_monai.inferers import SliceSegmenter
+
+BINARY = ("ph2", "kvasir", "xray_lung")
+TITLES = {"ph2": "PH2 dermoscopy", "kvasir": "Kvasir-SEG", "xray_lung": "Chest X-ray (Shenzhen)"}
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return 2 * (pred & target).sum().item() / max(pred.sum().item() + target.sum().item(), 1)
+
+
+def fraction_name(fraction: float | None) -> str:
+    return "off" if fraction is None else f"{fraction:g}"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+",
+                        default=["segmote_ce1_20x300_wacdc3_seed0", "segmote_ce1_20x300_wacdc3_seed1"])
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.1, 0.25, 0.5, 1.0])
+    parser.add_argument("--sections", nargs="+", default=["validation", "training", "test"])
+    parser.add_argument("--timed", type=float, default=0.5, help="the fraction whose decoder time is printed")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks")
+    parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    work = args.work_dir.resolve()
+    datalists = load_splits(args.data_root.resolve(), work, BINARY)
+    cache = shared_cache(work, zero_shot_model())
+    settings: list[float | None] = [None, *args.fractions]
+    scores: dict[tuple[str, str, str, str], list[float]] = {}  # (run, set, split, setting) -> Dice per image
+    times: dict[str, list[float]] = {"off": [], "refined": []}
+    for run in args.runs:
+        model = load_model(work / "runs" / run / "models" / "segmote_latest.pt")
+        segmenter = SliceSegmenter(model, backbone="lite_medsam", cache=cache)
+        for name in BINARY:
+            datalist = datalists[name]
+            load, label = volume_loader(datalist), datalist.classes[0]
+            for section in args.sections:
+                for item in datalist.items(section):
+                    case = load(item)
+                    truth = case["label"] == label
+                    segmenter(case["image"], None)  # the encoder's output cached: the times below are the decoder's
+                    for setting in settings:
+                        start = time.perf_counter()
+                        pred = segmenter(case["image"], None, prompt_free_class=label, prompt_free_refine=setting)
+                        elapsed = time.perf_counter() - start
+                        if setting is None or setting == args.timed:
+                            times["off" if setting is None else "refined"].append(elapsed)
+                        scores.setdefault((run, name, section, fraction_name(setting)), []).append(
+                            dice(pred == label, truth))
+                log(f"{run} {name}: done")
+    # the encoder's own time on three images, uncached, for scale
+    model = load_model(work / "runs" / args.runs[0] / "models" / "segmote_latest.pt")
+    plain = SliceSegmenter(model, backbone="lite_medsam")
+    item = datalists["kvasir"].items("test")[0]
+    image = volume_loader(datalists["kvasir"])(item)["image"]
+    encoder = []
+    for _ in range(3):
+        start = time.perf_counter()
+        plain.embed(plain.preprocess(image)[None])
+        encoder.append(time.perf_counter() - start)
+
+    header = ["set", "split", "images", "prompt-free mask"] + [f"refined, parts >= {f:g} of the largest"
+                                                                for f in args.fractions]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|" + "---:|" * (len(header) - 3)]
+    for name in BINARY:
+        for section in args.sections:
+            cells = [TITLES[name], section, str(len(scores[(args.runs[0], name, section, "off")]))]
+            for setting in settings:
+                per_run = [statistics.fmean(scores[(run, name, section, fraction_name(setting))]) for run in args.runs]
+                spread = f" ({', '.join(f'{v:.3f}' for v in per_run)})" if len(per_run) > 1 else ""
+                cells.append(f"{statistics.fmean(per_run):.3f}{spread}")
+            lines.append("| " + " | ".join(cells) + " |")
+    body = (
+        "## Prompt-free masks re-decoded with their own boxes (issue 11, automatic on binary sets)\n\n"
+        + provenance()
+        + "\n- runs: " + ", ".join(f"`{r}`" for r in args.runs) + " (`benchmarks/run.py main`, last epoch)\n\n"
+        "Mean Dice per image over the runs, in parentheses each run's; every image of each split, no prompt. "
+        "`prompt-free mask`: PPT's mask as it is (the main table's prompt-free column); `refined`: each 4-connected "
+        "part of it with at least that fraction of the largest part's area decoded again with its own tight box, "
+        "the union kept (`prompt_free_refine`).\n\n"
+        + "\n".join(lines)
+        + f"\n\nDecoder time per image with the encoder's output cached (median over {len(times['off'])} calls): "
+        f"{statistics.median(times['off']) * 1000:.0f} ms prompt-free, "
+        f"{statistics.median(times['refined']) * 1000:.0f} ms refined at {args.timed:g}; "
+        f"the encoder {statistics.median(encoder) * 1000:.0f} ms per image (median of 3)."
+    )
+    print(body)
+    if args.write:
+        write_section(REPO / "BENCHMARKS.md", "prompt_free_refine", body)
+    return body
+
+
+if __name__ == "__main__":
+    main()
