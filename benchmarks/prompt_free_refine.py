@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> str:
                             times["off" if setting is None else "refined"].append(elapsed)
                         scores.setdefault((run, name, section, fraction_name(setting)), []).append(
                             dice(pred == label, truth))
-                log(f"{run} {name}: done")
+                log(f"{run} {name} {section}: done")
     # the encoder's own time on three images, uncached, for scale
     model = load_model(work / "runs" / args.runs[0] / "models" / "segmote_latest.pt")
     plain = SliceSegmenter(model, backbone="lite_medsam")

@@ -106,6 +106,7 @@ def test_automatic_multi_class_and_class_aware_boxes(class_prompt_checkpoint, ti
         (["--prompt_mode", "box"], "needs exactly one of --boxes"),
         (["--boxes", "{boxes}"], "box 0 lies outside the image"),
         (["--roi", "{roi}", "--label_overlap", "largest"], "overlap must be one of ['smaller', 'logit'], got 'largest'"),
+        (["--roi", "{roi}", "--prompt_free_refine", "2"], "prompt_free_refine must be in [0, 1] (or null), got 2"),
     ],
 )
 def test_refusals(checkpoint, tiny_dataset, tmp_path, args, message):
