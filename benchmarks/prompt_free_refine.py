@@ -1,11 +1,12 @@
 """Binary prompt-free (PPT) masks as they are, or each large-enough part re-decoded with its own tight box.
 
     python benchmarks/prompt_free_refine.py [--runs segmote_ce1_20x300_wacdc3_seed0 segmote_ce1_20x300_wacdc3_seed1]
-        [--fractions 0 0.1 0.25 0.5 1] [--sections validation training test] [--write]
+        [--fractions 0 0.1 0.25 0.5 1] [--sections validation training test] [--sets ph2 kvasir xray_lung]
+        [--write [--section NAME --heading TEXT]]
 
-The checkpoints are the last epochs of ``benchmarks/run.py main`` runs (``<work-dir>/runs/<run>/models/``, trained
-on the five sets' training splits), one per seed. On each binary set (PH2, Kvasir-SEG, the chest X-rays) and split,
-every image is segmented with no prompt by :class:`~segmote_monai.inferers.SliceSegmenter`, with
+The checkpoints are the last epochs of runs under ``<work-dir>/runs/<run>/models/``: by default ``benchmarks/run.py
+main``'s, trained on the five sets' training splits, one per seed. On each binary set (PH2, Kvasir-SEG, the chest
+X-rays) and split, every image is segmented with no prompt by :class:`~segmote_monai.inferers.SliceSegmenter`, with
 ``prompt_free_refine`` off and at each fraction (the parts of the prompt-free mask with at least that fraction of
 the largest part's area, each decoded again with its tight box, their union kept). Dice per image, mean per set,
 split and run. The fraction is chosen on the validation and training splits; the test split is reported beside
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> str:
                         default=["segmote_ce1_20x300_wacdc3_seed0", "segmote_ce1_20x300_wacdc3_seed1"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.1, 0.25, 0.5, 1.0])
     parser.add_argument("--sections", nargs="+", default=["validation", "training", "test"])
+    parser.add_argument("--sets", nargs="+", choices=BINARY, default=list(BINARY))
+    parser.add_argument("--section", default="prompt_free_refine", help="the BENCHMARKS.md section --write fills")
+    parser.add_argument("--heading", default="Prompt-free masks re-decoded with their own boxes (issue 11, automatic "
+                                             "on binary sets)")
     parser.add_argument("--timed", type=float, default=0.5, help="the fraction whose decoder time is printed")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     work = args.work_dir.resolve()
-    datalists = load_splits(args.data_root.resolve(), work, BINARY)
+    datalists = load_splits(args.data_root.resolve(), work, args.sets)
     cache = shared_cache(work, zero_shot_model())
     settings: list[float | None] = [None, *args.fractions]
     scores: dict[tuple[str, str, str, str], list[float]] = {}  # (run, set, split, setting) -> Dice per image
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> str:
     for run in args.runs:
         model = load_model(work / "runs" / run / "models" / "segmote_latest.pt")
         segmenter = SliceSegmenter(model, backbone="lite_medsam", cache=cache)
-        for name in BINARY:
+        for name in args.sets:
             datalist = datalists[name]
             load, label = volume_loader(datalist), datalist.classes[0]
             for section in args.sections:
@@ -81,8 +86,8 @@ def main(argv: list[str] | None = None) -> str:
     # the encoder's own time on three images, uncached, for scale
     model = load_model(work / "runs" / args.runs[0] / "models" / "segmote_latest.pt")
     plain = SliceSegmenter(model, backbone="lite_medsam")
-    item = datalists["kvasir"].items("test")[0]
-    image = volume_loader(datalists["kvasir"])(item)["image"]
+    first = datalists[args.sets[0]]
+    image = volume_loader(first)(first.items("test")[0])["image"]
     encoder = []
     for _ in range(3):
         start = time.perf_counter()
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     header = ["set", "split", "images", "prompt-free mask"] + [f"refined, parts >= {f:g} of the largest"
                                                                 for f in args.fractions]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---:|" + "---:|" * (len(header) - 3)]
-    for name in BINARY:
+    for name in args.sets:
         for section in args.sections:
             cells = [TITLES[name], section, str(len(scores[(args.runs[0], name, section, "off")]))]
             for setting in settings:
@@ -101,9 +106,9 @@ def main(argv: list[str] | None = None) -> str:
                 cells.append(f"{statistics.fmean(per_run):.3f}{spread}")
             lines.append("| " + " | ".join(cells) + " |")
     body = (
-        "## Prompt-free masks re-decoded with their own boxes (issue 11, automatic on binary sets)\n\n"
+        f"## {args.heading}\n\n"
         + provenance()
-        + "\n- runs: " + ", ".join(f"`{r}`" for r in args.runs) + " (`benchmarks/run.py main`, last epoch)\n\n"
+        + "\n- runs: " + ", ".join(f"`{r}`" for r in args.runs) + " (last epoch)\n\n"
         "Mean Dice per image over the runs, in parentheses each run's; every image of each split, no prompt. "
         "`prompt-free mask`: PPT's mask as it is (the main table's prompt-free column); `refined`: each 4-connected "
         "part of it with at least that fraction of the largest part's area decoded again with its own tight box, "
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     print(body)
     if args.write:
-        write_section(REPO / "BENCHMARKS.md", "prompt_free_refine", body)
+        write_section(REPO / "BENCHMARKS.md", args.section, body)
     return body
 
 
