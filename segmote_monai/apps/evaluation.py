@@ -80,8 +80,9 @@ class BundleEvaluation:
             class-conditioned PPT (``class_prompts``), every class asked for on every slice (automatic
             multi-class segmentation per slice; the inference's ``auto_propagate``, seeds propagated through the
             volume, is scored by ``benchmarks/auto.py``). ``None``: whenever the network can.
-        prompt_free_refine: on a binary task, the prompt-free row's parts re-decoded with their own boxes, as the
-            inference's ``prompt_free_refine`` does (None: PPT's mask as it is, what ``benchmarks/run.py`` scores).
+        prompt_free_refine: the prompt-free rows' parts (each class's, for automatic rows) re-decoded with their own
+            boxes, as the inference's ``prompt_free_refine`` does (None: the prompt-free masks as they are, what
+            ``benchmarks/run.py`` scores).
         overlap: the label map's rule where two classes' masks overlap
             (:func:`~segmote_monai.inferers.merge_masks`).
         class_boxes: give the network each box's class (class-aware prompts; a class-conditioned model only).

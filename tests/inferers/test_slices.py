@@ -148,6 +148,52 @@ def test_auto_refine_decodes_what_was_found_again_with_its_tight_box(refine):
     assert torch.equal(pred, expected)
 
 
+class PartsClassPainter(ClassPainter):
+    """Prompt-free class id k (k mod 10: offsets aside) finds, on slices whose image is bright, an L in rows
+    [8k, 8k + 6) x columns [0, 10) (its box) and a one-pixel speck at (8k, 40); class 9 nothing. A box prompt fills
+    its box; each box call's image indices and class ids are recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.box_calls = []
+
+    def predict(self, *, image_embeddings, image_index=None, class_ids=None, boxes=None):
+        if boxes is not None:
+            self.box_calls.append((image_index.tolist(), None if class_ids is None else class_ids.tolist()))
+            return BoxPainter.predict(self, image_embeddings=image_embeddings, boxes=boxes, image_index=image_index)
+        masks = -torch.ones(len(class_ids), 1, 64, 64)
+        for row, (c, i) in enumerate(zip((class_ids % 10).tolist(), image_index.tolist())):
+            if c != 9 and image_embeddings[i].mean() > 0.5:
+                masks[row, 0, 8 * c: 8 * c + 6, 0:2] = masks[row, 0, 8 * c + 5, 0:10] = 1.0
+                masks[row, 0, 8 * c, 40] = 1.0
+        return SimpleNamespace(presence_logits=None, masks=masks)
+
+
+@pytest.mark.parametrize("refine", [None, 0.0, 0.5])
+def test_prompt_free_refine_reboxes_each_classs_parts_in_automatic_mode_with_its_class(refine):
+    image = torch.ones(1, 64, 64, 3)
+    image[..., 1] = 0.0  # nothing found on the middle slice
+    model = PartsClassPainter()
+    pred = SliceSegmenter(model, backbone="tiny", batch_size=2)(
+        image, None, auto_classes=[1, 2, 9], prompt_free_refine=refine, class_offset=10)
+    expected = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    for c in (1, 2):
+        if refine is None:
+            expected[0, 8 * c: 8 * c + 6, 0:2], expected[0, 8 * c + 5, 0:10] = c, c
+        else:
+            expected[0, 8 * c: 8 * c + 6, 0:10] = c  # the L's box, filled by the painter
+        expected[0, 8 * c, 40] = c if refine in (None, 0.0) else 0  # the speck: 1 pixel against the L's 20
+    expected[..., 1] = 0
+    assert torch.equal(pred, expected)
+    if refine is None:
+        assert model.box_calls == []
+    else:
+        # slices 0 and 1 share a batch (rows of image 0 only), slice 2 is alone; class 9 found nothing
+        parts = 2 if refine == 0.0 else 1
+        told = [c + 10 for c in (1, 2) for _ in range(parts)]
+        assert model.box_calls == [([0] * 2 * parts, told), ([0] * 2 * parts, told)]
+
+
 class AbsentOnSecondSlice(PieceClassPainter):
     """PieceClassPainter with a presence head that finds class 2 absent from the second image of a batch."""
 
@@ -259,6 +305,18 @@ def test_prompted_inferer_refines_a_binary_models_prompt_free_masks(refine):
     image = _parts_volume()
     out = PromptedSliceInferer(backbone="tiny", prompt_free_refine=refine)(_with_prompts(image, None)[None], model)
     assert torch.equal(out[0], SliceSegmenter(model, backbone="tiny")(image, None, prompt_free_refine=refine))
+
+
+@pytest.mark.parametrize("refine", [None, 0.5])
+def test_prompted_inferer_refines_the_automatic_masks_of_a_2d_image(refine):
+    model = PartsClassPainter()
+    model.ppt = torch.nn.Identity()
+    image = torch.ones(1, 64, 64)
+    out = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], prompt_free_refine=refine)(
+        _with_prompts(image, None)[None], model)
+    expected = SliceSegmenter(PartsClassPainter(), backbone="tiny")(image, None, auto_classes=[1, 2],
+                                                                    prompt_free_refine=refine)
+    assert torch.equal(out[0], expected) and bool(expected[0, 8, 40] == 1) == (refine is None)
 
 
 def test_the_inferers_default_refines_at_half_the_largest_part():
