@@ -80,9 +80,9 @@ class BundleEvaluation:
             class-conditioned PPT (``class_prompts``), every class asked for on every slice (automatic
             multi-class segmentation per slice; the inference's ``auto_propagate``, seeds propagated through the
             volume, is scored by ``benchmarks/auto.py``). ``None``: whenever the network can.
-        prompt_free_refine: the prompt-free rows' parts (each class's, for automatic rows) re-decoded with their own
-            boxes, as the inference's ``prompt_free_refine`` does (None: the prompt-free masks as they are, what
-            ``benchmarks/run.py`` scores).
+        prompt_free_refine: the prompt-free rows' parts (each class's, for automatic rows of 2D images) re-decoded
+            with their own boxes, as the inference's ``prompt_free_refine`` does (None: the prompt-free masks as they
+            are, what ``benchmarks/run.py`` scores).
         overlap: the label map's rule where two classes' masks overlap
             (:func:`~segmote_monai.inferers.merge_masks`).
         class_boxes: give the network each box's class (class-aware prompts; a class-conditioned model only).
@@ -157,11 +157,13 @@ class BundleEvaluation:
                                    overlap=self.overlap)
         beside = prompts is not None and self.datalist.task == "binary" and getattr(model, "ppt_beside_prompts", False)
         own_model = model is self.network
+        # as the inference: automatic masks are refined on 2D images only
+        refined = own_model and prompts is None and (not self.auto or case["image"].ndim == 3)
         labels, own = segmenter(case["image"], prompts, prompt_free_class=self.datalist.classes[0], class_masks=True,
                                 ppt_beside_boxes=beside, class_boxes=own_model and self.class_boxes,
                                 auto_classes=self.datalist.classes if own_model and self.auto else None,
                                 class_offset=self.class_offset if own_model else 0,
-                                prompt_free_refine=self.prompt_free_refine if own_model and prompts is None else None)
+                                prompt_free_refine=self.prompt_free_refine if refined else None)
         out = [("label_map", c, d) for c, d in dice_per_class(labels, case["label"], self.datalist.classes).items()]
         for c in self.datalist.classes:
             truth = case["label"] == c

@@ -109,10 +109,10 @@ class BundleInference:
         prompt_free_rebox: class-conditioned models: where a walk from a propagated box gets a mask the model
             rates below this predicted IoU, the box of the class's prompt-free mask there is tried too and the better
             rated mask kept (None: never).
-        prompt_free_refine: ``prompt_mode="auto"`` with a binary model, or a class-conditioned one segmenting every
-            slice: each part of a slice's prompt-free mask (each class's) with at least this fraction of the largest
-            part's area is decoded again with its own tight box (and its class), the union kept (None: the
-            prompt-free mask as it is).
+        prompt_free_refine: ``prompt_mode="auto"`` with a binary model, or a class-conditioned one on a 2D image:
+            each part of a slice's prompt-free mask (each class's) with at least this fraction of the largest part's
+            area is decoded again with its own tight box (and its class), the union kept (None: the prompt-free mask
+            as it is).
 
     ``prompt_mode="auto"`` takes a binary model with PPT (its one class) or a class-conditioned model (every class
     of ``labels``, prompt-free: on a volume from one automatic seed per class, propagated, unless

@@ -52,11 +52,10 @@ class PromptedSliceInferer(Inferer):
             predicted IoU is below this, the box of the class's prompt-free mask near the previous mask is tried too
             and the mask with the higher predicted IoU kept (``rebox_below`` of
             :func:`~segmote_monai.inferers.propagation.propagate`, which says why; None: never).
-        prompt_free_refine: no prompt, a binary model or ``auto_classes`` segmented per slice (a 2D image, or
-            ``auto_propagate`` false): each part of a slice's prompt-free mask (of each class's) with at least this
-            fraction of the largest part's area is decoded again with its own tight box (and its class), the union
-            kept (None: the prompt-free mask as it is; :meth:`~segmote_monai.inferers.SliceSegmenter._rebox_parts`
-            says why).
+        prompt_free_refine: no prompt, a binary model, or ``auto_classes`` on a 2D image: each part of a slice's
+            prompt-free mask (of each class's) with at least this fraction of the largest part's area is decoded
+            again with its own tight box (and its class), the union kept (None: the prompt-free mask as it is;
+            :meth:`~segmote_monai.inferers.SliceSegmenter._rebox_parts` says why).
         class_boxes: tell a class-conditioned model each box's class (class-aware prompts).
         ppt_beside_boxes: add the PPT tokens beside each box (a binary model trained so).
         propagation: keyword arguments of :func:`~segmote_monai.inferers.propagation.propagate` (its stopping
@@ -128,8 +127,10 @@ class PromptedSliceInferer(Inferer):
                                                        agreement=self.prompt_free_agreement,
                                                        **self.propagation)
         elif prompts is None and self.auto_classes:
+            # 2D images only: on volumes' per-slice masks the refine lowered held-out CHAOS patients (BENCHMARKS.md,
+            # section auto_refine)
             labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence,
-                               prompt_free_refine=self.prompt_free_refine)
+                               prompt_free_refine=self.prompt_free_refine if image.ndim == 3 else None)
         else:
             labels = segmenter(image, prompts, prompt_free_class=self.prompt_free_class,
                                prompt_free_refine=self.prompt_free_refine,

@@ -229,6 +229,33 @@ def test_the_prompt_free_row_is_refined_as_inference_refines_it(binary_datalist,
     assert {r for p, r in asked if p} == {refine} and {r for p, r in asked if not p} == {None}
 
 
+@pytest.mark.parametrize("volume", [False, True])
+def test_automatic_rows_are_refined_on_2d_images_only(two_class_datalist, tmp_path, monkeypatch, volume):
+    import segmote_monai.apps.evaluation as evaluation_module
+
+    asked = []
+
+    class Recording(evaluation_module.SliceSegmenter):
+        def __call__(self, image, prompts=None, **kwargs):
+            if prompts is None:
+                asked.append(kwargs["prompt_free_refine"])
+            return super().__call__(image, prompts, **kwargs)
+
+    monkeypatch.setattr(evaluation_module, "SliceSegmenter", Recording)
+    load = LoadPaird(**two_class_datalist.label_encoding())
+    scale = ScaleIntensityByModalityd(keys="image")
+
+    def loader(item):
+        case = scale(load(item))
+        # a one-slice volume [C, H, W, 1]: the inference keeps a volume's per-slice automatic masks unrefined
+        return {**case, "image": case["image"][..., None], "label": case["label"][..., None]} if volume else case
+
+    network = tiny_segmote(num_ppt_queries=2, num_condition_classes=3)
+    BundleEvaluation(network=network, datalist=two_class_datalist, load=loader, backbone="tiny",
+                     output_dir=tmp_path / "out", baselines={}, jitters=(0.0,), prompt_free_refine=0.5).run()
+    assert asked == [None if volume else 0.5] * 2
+
+
 def test_a_prompt_free_refine_outside_0_1_is_refused(binary_datalist, tmp_path):
     with pytest.raises(ValueError, match=r"prompt_free_refine must be in \[0, 1\] \(or null\), got -1"):
         _evaluation(binary_datalist, tmp_path / "out", prompt_free_refine=-1)

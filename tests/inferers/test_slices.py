@@ -317,6 +317,11 @@ def test_prompted_inferer_refines_the_automatic_masks_of_a_2d_image(refine):
     expected = SliceSegmenter(PartsClassPainter(), backbone="tiny")(image, None, auto_classes=[1, 2],
                                                                     prompt_free_refine=refine)
     assert torch.equal(out[0], expected) and bool(expected[0, 8, 40] == 1) == (refine is None)
+    # a volume's per-slice automatic masks stay as the model gives them (BENCHMARKS.md, section auto_refine)
+    volume = torch.ones(1, 64, 64, 2)
+    out = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_propagate=False, prompt_free_refine=refine)(
+        _with_prompts(volume, None)[None], model)
+    assert torch.equal(out[0], SliceSegmenter(PartsClassPainter(), backbone="tiny")(volume, None, auto_classes=[1, 2]))
 
 
 def test_the_inferers_default_refines_at_half_the_largest_part():
