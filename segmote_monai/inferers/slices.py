@@ -256,7 +256,7 @@ class SliceSegmenter:
         is what the model trained on most), and a box around the whole mask would also span its stray blobs. The
         fraction keeps both lungs of a chest X-ray (two parts of about one size) and drops a polyp mask's specks.
         Chosen on the validation and training splits of PH2, Kvasir-SEG and the chest X-rays (BENCHMARKS.md, section
-        ``prompt_free_refine``).
+        ``prompt_free_refine``); for a class-conditioned model's automatic masks, on ACDC's (section ``auto_refine``).
         """
         boxes, rows = [], []
         for row, mask in enumerate(masks[:, 0] > 0):
