@@ -31,7 +31,7 @@ from segmote_monai.data.cache import EmbeddingCache
 from segmote_monai.data.datalist import Datalist
 from segmote_monai.distributed import rank_and_world
 from segmote_monai.errors import InputFileError, RequestError
-from segmote_monai.inferers.slices import SliceSegmenter, check_options, prompts_from_label
+from segmote_monai.inferers.slices import SliceSegmenter, automatic_refine, check_options, prompts_from_label
 from segmote_monai.metrics import dice_per_class
 from segmote_monai.networks.decoder import MoTEMaskDecoder
 from segmote_monai.networks.segmote import SegMoTE
@@ -157,13 +157,12 @@ class BundleEvaluation:
                                    overlap=self.overlap)
         beside = prompts is not None and self.datalist.task == "binary" and getattr(model, "ppt_beside_prompts", False)
         own_model = model is self.network
-        # as the inference: automatic masks are refined on 2D images only
-        refined = own_model and prompts is None and (not self.auto or case["image"].ndim == 3)
+        refine = automatic_refine(case["image"], self.prompt_free_refine) if self.auto else self.prompt_free_refine
         labels, own = segmenter(case["image"], prompts, prompt_free_class=self.datalist.classes[0], class_masks=True,
                                 ppt_beside_boxes=beside, class_boxes=own_model and self.class_boxes,
                                 auto_classes=self.datalist.classes if own_model and self.auto else None,
                                 class_offset=self.class_offset if own_model else 0,
-                                prompt_free_refine=self.prompt_free_refine if refined else None)
+                                prompt_free_refine=refine if own_model and prompts is None else None)
         out = [("label_map", c, d) for c, d in dice_per_class(labels, case["label"], self.datalist.classes).items()]
         for c in self.datalist.classes:
             truth = case["label"] == c

@@ -19,7 +19,7 @@ from segmote_monai.errors import RequestError
 from segmote_monai.inferers.auto_seeds import propagate_auto
 from segmote_monai.inferers.prompt_free import second_opinion
 from segmote_monai.inferers.propagation import propagate
-from segmote_monai.inferers.slices import SliceSegmenter, check_options
+from segmote_monai.inferers.slices import SliceSegmenter, automatic_refine, check_options
 from segmote_monai.networks.segmote import SegMoTE
 from segmote_monai.transforms.prompts import PROMPTS_META_KEY, PROPAGATION_META_KEY
 
@@ -127,10 +127,8 @@ class PromptedSliceInferer(Inferer):
                                                        agreement=self.prompt_free_agreement,
                                                        **self.propagation)
         elif prompts is None and self.auto_classes:
-            # 2D images only: on volumes' per-slice masks the refine lowered held-out CHAOS patients (BENCHMARKS.md,
-            # section auto_refine)
             labels = segmenter(image, None, auto_classes=self.auto_classes, auto_presence=self.auto_presence,
-                               prompt_free_refine=self.prompt_free_refine if image.ndim == 3 else None)
+                               prompt_free_refine=automatic_refine(image, self.prompt_free_refine))
         else:
             labels = segmenter(image, prompts, prompt_free_class=self.prompt_free_class,
                                prompt_free_refine=self.prompt_free_refine,

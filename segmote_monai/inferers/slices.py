@@ -30,7 +30,7 @@ from segmote_monai.transforms.array import (
 )
 from segmote_monai.transforms.prompts import prompts_from_label
 
-__all__ = ["OVERLAP_RULES", "SlicePrompts", "SliceSegmenter", "check_options", "merge_masks",
+__all__ = ["OVERLAP_RULES", "SlicePrompts", "SliceSegmenter", "automatic_refine", "check_options", "merge_masks",
            "prompts_from_label"]
 
 #: Per slice: (boxes [K, 4] in the slice's pixels, class ids [K]); empty K for no prompt on that slice.
@@ -72,6 +72,13 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
         score = torch.where(positive, -area[:, None, None], torch.finfo(logits.dtype).min)
     winner = score.argmax(dim=0)
     return torch.where(positive.any(dim=0), torch.as_tensor(classes).long()[winner], 0)
+
+
+def automatic_refine(image: torch.Tensor, fraction: float | None) -> float | None:
+    """``prompt_free_refine`` as the inference and the evaluation apply it to a class-conditioned model's automatic
+    masks of ``image``: ``fraction`` on a 2D image ([C, H, W]), None on a volume, whose per-slice masks stay as the
+    model gives them (refined, they lowered held-out CHAOS patients; BENCHMARKS.md, section ``auto_refine``)."""
+    return fraction if image.ndim == 3 else None
 
 
 def check_options(*, batch_size: int | None = None, overlap: str | None = None,

@@ -134,8 +134,7 @@ def test_the_inferer_segments_a_volume_automatically_from_propagated_seeds_and_e
     assert torch.equal(out.long(), truth)  # no decoy strip: the per-slice masks would have it on every slice
     assert inferer.last_reached == {1: [2, 3, 4, 5, 6], 2: [5, 6, 7, 8]}
     assert model.encoded == 10
-    per_slice = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_propagate=False,
-                                     prompt_free_refine=None)(image, ClassFinder())  # the masks as the model gives them
+    per_slice = PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_propagate=False)(image, ClassFinder())
     assert bool((per_slice[0, 0, 54:62, 2:12] > 0).all())
     with pytest.raises(RequestError, match="min_area_fraction must be in"):  # refused before any image is read
         PromptedSliceInferer(backbone="tiny", auto_classes=[1, 2], auto_min_area_fraction=2.0)
