@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="also propagated with these rebox_below values (none: off)")
     parser.add_argument("--propagated_only", action="store_true",
                         help="only the automatic, propagated rows (no per-slice or box rows)")
+    parser.add_argument("--refines", nargs="+", default=[], type=float,
+                        help="also the per-slice automatic masks refined with these prompt_free_refine values")
+    parser.add_argument("--per_slice_only", action="store_true",
+                        help="only the automatic per-slice rows (with --refines, refined too)")
     parser.add_argument("--section", default="automatic", help="the section's name in BENCHMARKS.md")
     parser.add_argument("--title", default="Automatic multi-class segmentation and class-aware boxes (issue 11)")
     args = parser.parse_args(argv)
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> str:
                 if model.class_conditioned:
                     auto = {"auto_classes": list(ORGANS)}
                     runs.append(("automatic (no prompt)", None, auto))
+                    runs += [(f"automatic (no prompt), prompt_free_refine {f:g}", None,
+                              {**auto, "prompt_free_refine": f}) for f in args.refines]
                     runs.append(("automatic, propagated", None, {"propagated": True}))
                     runs += [(f"automatic, propagated, rebox_below {rebox}", None,
                               {"propagated": True, "rebox_below": rebox}) for rebox in args.reboxes]
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> str:
                         runs.append((f"{kind} on every slice + class", prompts, {"class_boxes": True}))
                 if args.propagated_only:
                     runs = [run for run in runs if run[2].get("propagated")]
+                if args.per_slice_only:
+                    runs = [run for run in runs if run[1] is None and not run[2].get("propagated")]
                 if args.timing and model.class_conditioned:
                     for round_, (per_slice, propagated) in enumerate(timing(model, image), start=1):
                         times.append(f"| {name} | {case} | {round_} | {per_slice:.1f} | {propagated:.1f} "
