@@ -77,7 +77,7 @@ def merge_masks(logits: torch.Tensor, classes: torch.Tensor, *, rule: str = "sma
 def automatic_refine(image: torch.Tensor, fraction: float | None) -> float | None:
     """``prompt_free_refine`` as the inference and the evaluation apply it to a class-conditioned model's automatic
     masks of ``image``: ``fraction`` on a 2D image ([C, H, W]), None on a volume, whose per-slice masks stay as the
-    model gives them (refined, they lowered held-out CHAOS patients; BENCHMARKS.md, section ``auto_refine``)."""
+    model gives them (refined, they lowered held-out CHAOS patients; BENCHMARKS.md, section ``auto_refine_volumes``)."""
     return fraction if image.ndim == 3 else None
 
 
