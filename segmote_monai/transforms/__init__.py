@@ -11,6 +11,7 @@ from segmote_monai.transforms.array import (
     jitter_box,
     scale_boxes,
 )
+from segmote_monai.transforms.augment import AffineVariant, FixedAffine, RandFixedVariantd, affine_variants
 from segmote_monai.transforms.dictionary import (
     BackboneNormalized,
     ItemDefaultsd,
@@ -31,14 +32,17 @@ __all__ = [
     "MODALITIES",
     "PROMPTS_META_KEY",
     "PROMPT_MODES",
+    "AffineVariant",
     "AttachPromptsd",
     "BackboneNormalized",
+    "FixedAffine",
     "ItemDefaultsd",
     "LabelToPrompts",
     "LabelToPromptsd",
     "LoadPaird",
     "RandClassTarget",
     "RandClassTargetd",
+    "RandFixedVariantd",
     "RandPrompt",
     "RandPromptd",
     "RandSliceSamplerd",
@@ -50,6 +54,7 @@ __all__ = [
     "SliceVolumed",
     "ToRGB",
     "ToRGBd",
+    "affine_variants",
     "backbone_normalization",
     "box_of_mask",
     "jitter_box",

@@ -9,6 +9,7 @@ import pytest
 from monai.bundle import ConfigParser
 
 from segmote_monai.networks import read_trainable
+from segmote_monai.transforms import RandFixedVariantd, RandPromptd
 from tests.bundle.conftest import CONFIGS, TINY_OVERRIDES, bundle_cli
 
 CONFIG_FILES = ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "multi_gpu_evaluate.json",
@@ -54,9 +55,26 @@ def test_neighbour_box_share_reaches_the_sampler_and_the_prompts(share, key):
     parser["bundle_root"] = str(CONFIGS.parent)
     parser["neighbour_box_share"] = share
     assert parser.get_parsed_content("train#slice_sampler").neighbours_key == key
-    prompts = parser.get_parsed_content("train#slice_transforms").transforms[3]
+    prompts = next(t for t in parser.get_parsed_content("train#slice_transforms").transforms
+                   if isinstance(t, RandPromptd))
     assert prompts.prompts.neighbour_share == share and prompts.neighbours_key == "label_neighbours"
     assert parser.get_parsed_content("tracked_params")["neighbour_box_share"] == share
+
+
+def test_augment_keys_reach_the_transform_before_the_resize():
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "train.json")
+    parser["bundle_root"] = str(CONFIGS.parent)
+    assert parser["augment_variants"] == 0  # off by default
+    parser.update({"augment_variants": 3, "augment_share": 0.25, "augment_rotate": 10.0, "augment_zoom": [0.9, 1.1],
+                   "augment_gamma": [0.8, 1.2], "augment_seed": 7})
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#slice_transforms").transforms]
+    assert names.index("RandFixedVariantd") == names.index("ToRGBd") + 1 == names.index("ResizeLongestSidePadd") - 1
+    augment = next(t for t in parser.get_parsed_content("train#slice_transforms").transforms
+                   if isinstance(t, RandFixedVariantd))
+    assert len(augment.variants) == 3 and augment.share == 0.25 and augment.keys[0] == "image"
+    assert all(abs(v.angle) <= 10 and 0.9 <= v.zoom <= 1.1 and 0.8 <= v.gamma <= 1.2 for v in augment.variants)
+    assert parser.get_parsed_content("tracked_params")["augment_variants"] == 3
 
 
 def test_metadata_verifies_offline(tmp_path):
@@ -129,7 +147,8 @@ def test_run_key_works_too(tiny_dataset, tmp_path):
     run = bundle_cli("run", "--config_file", CONFIGS / "train.json", "--dataset_dir", tiny_dataset,
                      "--datalist", tiny_dataset / "datalist.json", "--output_dir", tmp_path,
                      *TINY_OVERRIDES[:-6], "--max_epochs", "1", "--samples_per_volume", "1",
-                     "--neighbour_box_share", "1.0")  # and the neighbour boxes' keys pass the slice transforms
+                     "--neighbour_box_share", "1.0",  # and the neighbour boxes' keys pass the slice transforms,
+                     "--augment_variants", "2", "--augment_share", "1.0")  # augmented like the image and label
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert (tmp_path / "models" / "segmote_latest.pt").is_file()
 
