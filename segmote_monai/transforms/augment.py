@@ -146,10 +146,8 @@ class RandFixedVariantd(Randomizable, MapTransform):
         self.randomize()
         if self._variant is None:
             return d
-        keys = list(self.key_iterator(d))
-        out = {}
-        for i, key in enumerate(keys):
-            out[key] = FixedAffine(self._variant, mode="bilinear" if i == 0 else "nearest")(d[key])
+        out = {key: FixedAffine(self._variant, mode="bilinear" if key == self.keys[0] else "nearest")(d[key])
+               for key in self.key_iterator(d)}
         if self.label_key in out and not self._keeps_classes(torch.as_tensor(d[self.label_key]),
                                                              torch.as_tensor(out[self.label_key]),
                                                              self._variant.zoom):

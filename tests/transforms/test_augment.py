@@ -128,6 +128,12 @@ def test_a_variant_that_pushes_a_class_out_of_the_frame_is_not_used():
     assert int((out["label"] == 2).sum()) == 64
 
 
+def test_labels_stay_nearest_without_the_image_key():
+    label = _sample()["label"]
+    out = RandFixedVariantd(("image", "label"), variants=1, share=1.0, rotate=30.0).set_random_state(0)({"label": label})
+    assert set(torch.unique(out["label"]).tolist()) <= {0, 1, 2} and not torch.equal(out["label"], label)
+
+
 def test_share_is_validated():
     with pytest.raises(ValueError, match=r"share must be in \[0, 1\], got 1.5"):
         RandFixedVariantd(share=1.5)
