@@ -12,8 +12,9 @@ Recipes, each trained by the bundle on ACDC's training split:
 - ``class_prompts_augment``: the same with the cache-friendly augmentation (``augment_variants`` 8), the one
   factor changed.
 
-Each is scored on ACDC's test split (own mask and label map, tight and ±10% boxes); ``class_prompts`` also with
-each box's class and with no prompt at all (every class asked for on every image).
+Each is scored on ACDC's test split (own mask and label map, tight and ±10% boxes); the class-conditioned ones
+(``class_prompts``, ``class_prompts_augment``) also with each box's class and with no prompt at all (every class
+asked for on every image, each class's parts re-decoded with their own boxes as the bundle's evaluation does).
 
     python benchmarks/class_boxes.py [--seeds 2] [--recipes ...] [--section NAME] [--write]
 """
