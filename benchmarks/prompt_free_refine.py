@@ -3,16 +3,20 @@
     python benchmarks/prompt_free_refine.py [--runs segmote_ce1_20x300_wacdc3_seed0 segmote_ce1_20x300_wacdc3_seed1]
         [--fractions 0 0.1 0.25 0.5 1] [--sections validation training test] [--sets ph2 kvasir xray_lung]
         [--write [--section NAME --heading TEXT]]
+    python benchmarks/prompt_free_refine.py --alone ph2 --seeds 3 --sets ph2
 
 The checkpoints are the last epochs of runs under ``<work-dir>/runs/<run>/models/``: by default ``benchmarks/run.py
-main``'s, trained on the five sets' training splits, one per seed. On each binary set (PH2, Kvasir-SEG, the chest
-X-rays) and split, every image is segmented with no prompt by :class:`~segmote_monai.inferers.SliceSegmenter`, with
-``prompt_free_refine`` off and at each fraction (the parts of the prompt-free mask with at least that fraction of
-the largest part's area, each decoded again with its tight box, their union kept). Dice per image, mean per set,
-split and run. The fraction is chosen on the validation and training splits; the test split is reported beside
-them. The decoder time with a cached encoder output, per image, is printed with and without the refine at the
-chosen fraction, against the encoder's time on a few images. Prints a Markdown section (machine, commit,
-command); ``--write`` puts it in BENCHMARKS.md.
+main``'s, trained on the five sets' training splits, one per seed. ``--alone SET`` trains (or reuses) instead the
+binary model a team with one set would train: SegMoTE by the bundle on SET's training split alone, at the benchmarks'
+budget (``training.Budget``), one run per seed, ``segmote_ce<lambda_ce>_<SET>_only_seed<n>``.
+
+On each binary set (PH2, Kvasir-SEG, the chest X-rays) and split, every image is segmented with no prompt by
+:class:`~segmote_monai.inferers.SliceSegmenter`, with ``prompt_free_refine`` off and at each fraction (the parts of
+the prompt-free mask with at least that fraction of the largest part's area, each decoded again with its tight box,
+their union kept). Dice per image, mean per set, split and run. The fraction is chosen on the validation and
+training splits; the test split is reported beside them. The decoder time with a cached encoder output, per image,
+is printed with and without the refine at the chosen fraction, against the encoder's time on a few images. Prints a
+Markdown section (machine, commit, command); ``--write`` puts it in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
 from benchmark_data import load_splits
 from common import REPO, log, provenance, write_section
+from training import RECIPES, Budget, train
 
 from segmote_monai.inferers import SliceSegmenter
 
@@ -41,10 +46,28 @@ def fraction_name(fraction: float | None) -> str:
     return "off" if fraction is None else f"{fraction:g}"
 
 
+def train_alone(name: str, seeds: int, data_root: Path, work: Path) -> list[str]:
+    """Trains SegMoTE by the bundle on set ``name``'s training split alone, seeds 0..N-1 (a finished run is reused);
+    returns the run names."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    datalist = load_splits(data_root, work, (name,))[name]
+    budget, runs = Budget(), []
+    for seed in range(seeds):
+        runs.append(f"segmote_ce{budget.lambda_ce:g}_{name}_only_seed{seed}")
+        train(RECIPES["segmote"], [datalist.path], budget=budget, seed=seed, out_dir=work / "runs" / runs[-1],
+              cache_dir=work / "cache", log=log)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+",
                         default=["segmote_ce1_20x300_wacdc3_seed0", "segmote_ce1_20x300_wacdc3_seed1"])
+    parser.add_argument("--alone", choices=BINARY, default=None,
+                        help="train (or reuse) SegMoTE on this set's training split alone, one run per seed, "
+                             "and score those runs instead of --runs")
+    parser.add_argument("--seeds", type=int, default=3, help="--alone: seeds 0..N-1")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.1, 0.25, 0.5, 1.0])
     parser.add_argument("--sections", nargs="+", default=["validation", "training", "test"])
     parser.add_argument("--sets", nargs="+", choices=BINARY, default=list(BINARY))
@@ -60,6 +83,8 @@ def main(argv: list[str] | None = None) -> str:
     work = args.work_dir.resolve()
     datalists = load_splits(args.data_root.resolve(), work, args.sets)
     cache = shared_cache(work, zero_shot_model())
+    if args.alone is not None:
+        args.runs = train_alone(args.alone, args.seeds, args.data_root.resolve(), work)
     settings: list[float | None] = [None, *args.fractions]
     scores: dict[tuple[str, str, str, str], list[float]] = {}  # (run, set, split, setting) -> Dice per image
     times: dict[str, list[float]] = {"off": [], "refined": []}
