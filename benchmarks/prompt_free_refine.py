@@ -49,8 +49,6 @@ def fraction_name(fraction: float | None) -> str:
 def train_alone(name: str, seeds: int, data_root: Path, work: Path) -> list[str]:
     """Trains SegMoTE by the bundle on set ``name``'s training split alone, seeds 0..N-1 (a finished run is reused);
     returns the run names."""
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     datalist = load_splits(data_root, work, (name,))[name]
     budget, runs = Budget(), []
     for seed in range(seeds):
@@ -62,11 +60,12 @@ def train_alone(name: str, seeds: int, data_root: Path, work: Path) -> list[str]
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+",
-                        default=["segmote_ce1_20x300_wacdc3_seed0", "segmote_ce1_20x300_wacdc3_seed1"])
-    parser.add_argument("--alone", choices=BINARY, default=None,
-                        help="train (or reuse) SegMoTE on this set's training split alone, one run per seed, "
-                             "and score those runs instead of --runs")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--runs", nargs="+",
+                      default=["segmote_ce1_20x300_wacdc3_seed0", "segmote_ce1_20x300_wacdc3_seed1"])
+    runs.add_argument("--alone", choices=BINARY, default=None,
+                      help="train (or reuse) SegMoTE on this set's training split alone, one run per seed, "
+                           "and score those runs instead of --runs")
     parser.add_argument("--seeds", type=int, default=3, help="--alone: seeds 0..N-1")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.1, 0.25, 0.5, 1.0])
     parser.add_argument("--sections", nargs="+", default=["validation", "training", "test"])
@@ -79,6 +78,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks")
     parser.add_argument("--write", action="store_true", help="put the section in BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     work = args.work_dir.resolve()
     datalists = load_splits(args.data_root.resolve(), work, args.sets)
