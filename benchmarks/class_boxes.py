@@ -30,7 +30,7 @@ import numpy as np
 from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
 from benchmark_data import load_splits
 from common import REPO, log, provenance, write_section
-from training import Budget, Recipe, train
+from training import CONFIGS, Budget, Recipe, train
 
 from segmote_monai.apps.evaluation import BundleEvaluation
 
@@ -47,7 +47,7 @@ RECIPES = (
 SETTINGS = (("own_mask", "box_tight"), ("own_mask", "box_jitter_0.1"), ("label_map", "box_tight"),
             ("label_map", "box_jitter_0.1"))
 #: the evaluation's own default for automatic masks, read, not repeated
-EVAL_REFINE = float(json.loads((REPO / "bundle" / "configs" / "evaluate.json").read_text())["eval_prompt_free_refine"])
+EVAL_REFINE = float(json.loads((CONFIGS / "evaluate.json").read_text())["eval_prompt_free_refine"])
 SETTING_TITLES = {"box_tight": "tight", "box_jitter_0.1": "±10%", "prompt_free": "no prompt"}
 
 

@@ -32,6 +32,7 @@ from benchmark_data import load_splits
 from common import REPO, log, provenance, write_section
 from training import RECIPES, Budget, train
 
+from segmote_monai.data.datalist import Datalist
 from segmote_monai.inferers import SliceSegmenter
 
 BINARY = ("ph2", "kvasir", "xray_lung")
@@ -46,10 +47,9 @@ def fraction_name(fraction: float | None) -> str:
     return "off" if fraction is None else f"{fraction:g}"
 
 
-def train_alone(name: str, seeds: int, data_root: Path, work: Path) -> list[str]:
-    """Trains SegMoTE by the bundle on set ``name``'s training split alone, seeds 0..N-1 (a finished run is reused);
-    returns the run names."""
-    datalist = load_splits(data_root, work, (name,))[name]
+def train_alone(name: str, datalist: Datalist, seeds: int, work: Path) -> list[str]:
+    """Trains SegMoTE by the bundle on set ``name``'s training split (of ``datalist``) alone, seeds 0..N-1 (a
+    finished run is reused); returns the run names."""
     budget, runs = Budget(), []
     for seed in range(seeds):
         runs.append(f"segmote_ce{budget.lambda_ce:g}_{name}_only_seed{seed}")
@@ -82,10 +82,12 @@ def main(argv: list[str] | None = None) -> str:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     work = args.work_dir.resolve()
-    datalists = load_splits(args.data_root.resolve(), work, args.sets)
+    # the set trained --alone need not be among the scored --sets
+    needed = args.sets + ([args.alone] if args.alone is not None and args.alone not in args.sets else [])
+    datalists = load_splits(args.data_root.resolve(), work, needed)
     cache = shared_cache(work, zero_shot_model())
     if args.alone is not None:
-        args.runs = train_alone(args.alone, args.seeds, args.data_root.resolve(), work)
+        args.runs = train_alone(args.alone, datalists[args.alone], args.seeds, work)
     settings: list[float | None] = [None, *args.fractions]
     scores: dict[tuple[str, str, str, str], list[float]] = {}  # (run, set, split, setting) -> Dice per image
     times: dict[str, list[float]] = {"off": [], "refined": []}
