@@ -16,7 +16,10 @@ Each is scored on ACDC's test split (own mask and label map, tight and ±10% box
 (``class_prompts``, ``class_prompts_augment``) also with each box's class and with no prompt at all (every class
 asked for on every image, each class's parts re-decoded with their own boxes as the bundle's evaluation does).
 
-    python benchmarks/class_boxes.py [--seeds 2] [--recipes ...] [--section NAME] [--write]
+    python benchmarks/class_boxes.py [--seeds 2] [--recipes ...] [--training-patients N] [--section NAME] [--write]
+
+``--training-patients N`` trains on the first N patients of the training split (by patient id) at the same budget,
+and scores on the same test split: how much the result depends on the number of patients trained on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from common import REPO, log, provenance, write_section
 from training import CONFIGS, Budget, Recipe, train
 
 from segmote_monai.apps.evaluation import BundleEvaluation
+from segmote_monai.data.datalist import Datalist, load_datalist
 
 RECIPES = (
     Recipe("boxes", {"lambda_ce": 0.0}, "Dice loss (the default before 0.5.0), boxes without a class"),
@@ -63,6 +67,19 @@ def cell(values: list[float]) -> str:
     return text + (f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else "")
 
 
+def first_patients(datalist: Datalist, count: int, work_dir: Path) -> Datalist:
+    """``datalist`` with its training split cut to its first ``count`` patients by id, written beside it."""
+    patients = sorted({item["patient"] for item in datalist.items("training")})
+    if not 1 <= count <= len(patients):
+        raise ValueError(f"--training-patients must be 1-{len(patients)} (the training split's patients), got {count}")
+    raw = json.loads(datalist.path.read_text())
+    kept = set(patients[:count])
+    raw["training"] = [item for item in raw["training"] if item["patient"] in kept]
+    path = work_dir / "datalists" / f"{datalist.path.stem}_{count}patients.json"
+    path.write_text(json.dumps(raw, indent=1))
+    return load_datalist(path)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
@@ -73,6 +90,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--recipes", nargs="+", default=[r.name for r in RECIPES],
                         choices=[r.name for r in RECIPES])
+    parser.add_argument("--training-patients", type=int, default=None,
+                        help="train on the first N patients of the training split only (default: all)")
     parser.add_argument("--prompt-free-refine", type=float, default=EVAL_REFINE,
                         help="no prompt: each class's parts re-decoded with their own boxes (evaluate.json's "
                              "eval_prompt_free_refine; a negative value: the prompt-free masks as they are)")
@@ -83,6 +102,8 @@ def main(argv: list[str] | None = None) -> str:
     refine = args.prompt_free_refine if args.prompt_free_refine >= 0 else None
     work = args.work_dir.resolve()
     acdc = load_splits(args.data_root.resolve(), work, ("acdc",))["acdc"]
+    trained_on = acdc if args.training_patients is None else first_patients(acdc, args.training_patients, work)
+    suffix = "" if args.training_patients is None else f"_{args.training_patients}patients"
     cache = shared_cache(work, zero_shot_model())
     budget = Budget(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, learning_rate=args.learning_rate,
                     lr_milestones=(round(args.epochs * 0.6), round(args.epochs * 0.9)))
@@ -99,8 +120,8 @@ def main(argv: list[str] | None = None) -> str:
     recipes = [r for r in RECIPES if r.name in args.recipes]
     for recipe in recipes:
         for seed in range(args.seeds):
-            run = train(recipe, [acdc.path], budget=budget, seed=seed, out_dir=work / "runs" / f"acdc_{recipe.name}"
-                        f"_seed{seed}", cache_dir=work / "cache", log=log)
+            run = train(recipe, [trained_on.path], budget=budget, seed=seed, out_dir=work / "runs" /
+                        f"acdc_{recipe.name}{suffix}_seed{seed}", cache_dir=work / "cache", log=log)
             minutes.setdefault(recipe.name, []).append(run["seconds"] / 60)
             model = load_model(run["checkpoint"])
             log(f"evaluating {recipe.name} seed {seed}")
@@ -129,8 +150,8 @@ def main(argv: list[str] | None = None) -> str:
 
 {provenance()}
 - seeds: {', '.join(map(str, range(args.seeds)))} (training; the jittered boxes use seed 0)
-- training, the same for every recipe, by the bundle on ACDC's training split alone ({len(acdc.items('training'))}
-  images): {budget.text()}
+- training, the same for every recipe, by the bundle on ACDC's training split alone ({len(trained_on.items('training'))}
+  images of {len({i['patient'] for i in trained_on.items('training')})} patients): {budget.text()}
 - recipes: {recipe_text}
 - mean training time per run (a first run also encodes what the shared embedding cache lacks): {time_text}
 - evaluation: ACDC's test split ({len(acdc.items('test'))} images), Dice per image and class, mean over images, then
