@@ -72,10 +72,13 @@ def first_patients(datalist: Datalist, count: int, work_dir: Path) -> Datalist:
     patients = sorted({item["patient"] for item in datalist.items("training")})
     if not 1 <= count <= len(patients):
         raise ValueError(f"--training-patients must be 1-{len(patients)} (the training split's patients), got {count}")
-    raw = json.loads(datalist.path.read_text())
     kept = set(patients[:count])
-    raw["training"] = [item for item in raw["training"] if item["patient"] in kept]
+    raw = json.loads(datalist.path.read_text())
+    # the items as loaded: absolute paths, so the new file may lie in another folder
+    raw.update({section: datalist.items(section) for section in ("validation", "test")})
+    raw["training"] = [item for item in datalist.items("training") if item["patient"] in kept]
     path = work_dir / "datalists" / f"{datalist.path.stem}_{count}patients.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(raw, indent=1))
     return load_datalist(path)
 
