@@ -26,12 +26,15 @@ import torch
 from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
 from benchmark_data import load_splits
 from common import REPO, log, provenance, write_section
+from training import CONFIGS
 
 from segmote_monai.inferers import SliceSegmenter
 from segmote_monai.metrics import dice_per_class
 from segmote_monai.networks.segmote import SegMoTE, SegMoTEOutput
 
 TITLES = {"acdc": "ACDC cine-MRI"}
+#: the evaluation's own default for automatic masks, read, not repeated
+EVAL_REFINE = float(json.loads((CONFIGS / "evaluate.json").read_text())["eval_prompt_free_refine"])
 
 
 class HeadEnsemble(torch.nn.Module):
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="checkpoints scored as one model (one: alone; several: their heads averaged)")
     parser.add_argument("--set", choices=sorted(TITLES), default="acdc")
     parser.add_argument("--sections", nargs="+", default=["validation", "test"])
-    parser.add_argument("--refine", type=float, default=0.5, help="prompt_free_refine (the bundle's default)")
+    parser.add_argument("--refine", type=float, default=EVAL_REFINE,
+                        help="prompt_free_refine (evaluate.json's eval_prompt_free_refine)")
     parser.add_argument("--section", default="auto_ensemble", help="the BENCHMARKS.md section --write fills")
     parser.add_argument("--heading", default="Automatic multi-class segmentation: several heads over one encoder "
                                              "(issue 11)")

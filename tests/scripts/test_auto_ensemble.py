@@ -83,3 +83,9 @@ def test_training_samples_from_the_runs_record(auto_ensemble, tmp_path):
     command = ["-m", "monai.bundle", "run", "training", "--max_epochs", "20", "--samples_per_epoch", "150"]
     (tmp_path / "run" / "done.json").write_text(json.dumps({"command": command}))
     assert auto_ensemble.training_samples(checkpoint) == 3000
+
+
+def test_a_class_conditioned_head_beside_a_plain_one_is_refused(auto_ensemble):
+    plain, conditioned = tiny_segmote(), tiny_segmote(num_condition_classes=3)
+    with pytest.raises(ValueError, match="head 1 class_conditioned=True, head 0 False"):
+        auto_ensemble.HeadEnsemble(heads=[plain, conditioned])
