@@ -26,15 +26,13 @@ import torch
 from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
 from benchmark_data import load_splits
 from common import REPO, log, provenance, write_section
-from training import CONFIGS
+from training import EVAL_REFINE
 
 from segmote_monai.inferers import SliceSegmenter
 from segmote_monai.metrics import dice_per_class
 from segmote_monai.networks.segmote import SegMoTE, SegMoTEOutput
 
 TITLES = {"acdc": "ACDC cine-MRI"}
-#: the evaluation's own default for automatic masks, read, not repeated
-EVAL_REFINE = float(json.loads((CONFIGS / "evaluate.json").read_text())["eval_prompt_free_refine"])
 
 
 class HeadEnsemble(torch.nn.Module):

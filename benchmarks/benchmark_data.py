@@ -52,14 +52,33 @@ def _write(work_dir: Path, name: str, raw: dict) -> Datalist:
     return load_datalist(path)
 
 
+def _parts(datalist: Datalist) -> tuple[dict, dict[str, list[dict]]]:
+    """A loaded datalist's header fields and its sections' items, with absolute paths (so that a cut of it may be
+    written to another folder)."""
+    raw = json.loads(datalist.path.read_text())
+    head = {k: v for k, v in raw.items() if k not in ("training", "validation", "test")}
+    return head, {section: datalist.items(section) for section in ("training", "validation", "test")}
+
+
+def first_patients(datalist: Datalist, count: int, work_dir: Path) -> Datalist:
+    """``datalist`` with its training split cut to its first ``count`` patients by id (validation and test kept),
+    written to ``work_dir/datalists/<stem>_<count>patients.json``."""
+    patients = sorted({item["patient"] for item in datalist.items("training")})
+    if not 1 <= count <= len(patients):
+        raise ValueError(f"--training-patients must be 1-{len(patients)} (the training split's patients), got {count}")
+    head, raw = _parts(datalist)
+    kept = set(patients[:count])
+    raw["training"] = [item for item in raw["training"] if item["patient"] in kept]
+    return _write(work_dir, f"{datalist.path.stem}_{count}patients", {**head, **raw})
+
+
 def split_by_source(xray: Datalist, work_dir: Path) -> dict[str, Datalist]:
     """The chest X-ray split cut by population: ``trained``, its training and validation sections with only the
     normal images (``_0``) and no test section; ``normal_heldout``, the normal images of the test and validation
     splits (the trainer scores its validation section but never picks weights with it); ``tb_test``, the
     test split's tuberculosis images (``_1``); ``tb_all``, every tuberculosis image of every section. Each keeps
     the set's name and labels, so that a model trained on several datalists finds its classes."""
-    head = {k: v for k, v in json.loads(xray.path.read_text()).items() if k not in ("training", "validation", "test")}
-    raw = {section: xray.items(section) for section in ("training", "validation", "test")}  # absolute paths
+    head, raw = _parts(xray)
 
     def kind(item: dict, suffix: str) -> bool:
         return Path(item["image"]).stem.endswith(suffix)

@@ -25,18 +25,16 @@ and scores on the same test split: how much the result depends on the number of 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from accuracy import load_model, shared_cache, volume_loader, zero_shot_model
-from benchmark_data import load_splits
+from benchmark_data import first_patients, load_splits
 from common import REPO, log, provenance, write_section
-from training import CONFIGS, Budget, Recipe, train
+from training import EVAL_REFINE, Budget, Recipe, train
 
 from segmote_monai.apps.evaluation import BundleEvaluation
-from segmote_monai.data.datalist import Datalist, load_datalist
 
 RECIPES = (
     Recipe("boxes", {"lambda_ce": 0.0}, "Dice loss (the default before 0.5.0), boxes without a class"),
@@ -50,8 +48,6 @@ RECIPES = (
 )
 SETTINGS = (("own_mask", "box_tight"), ("own_mask", "box_jitter_0.1"), ("label_map", "box_tight"),
             ("label_map", "box_jitter_0.1"))
-#: the evaluation's own default for automatic masks, read, not repeated
-EVAL_REFINE = float(json.loads((CONFIGS / "evaluate.json").read_text())["eval_prompt_free_refine"])
 SETTING_TITLES = {"box_tight": "tight", "box_jitter_0.1": "±10%", "prompt_free": "no prompt"}
 
 
@@ -65,22 +61,6 @@ def cell(values: list[float]) -> str:
         return "-"
     text = f"{np.mean(values):.3f}"
     return text + (f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else "")
-
-
-def first_patients(datalist: Datalist, count: int, work_dir: Path) -> Datalist:
-    """``datalist`` with its training split cut to its first ``count`` patients by id, written beside it."""
-    patients = sorted({item["patient"] for item in datalist.items("training")})
-    if not 1 <= count <= len(patients):
-        raise ValueError(f"--training-patients must be 1-{len(patients)} (the training split's patients), got {count}")
-    kept = set(patients[:count])
-    raw = json.loads(datalist.path.read_text())
-    # the items as loaded: absolute paths, so the new file may lie in another folder
-    raw.update({section: datalist.items(section) for section in ("validation", "test")})
-    raw["training"] = [item for item in datalist.items("training") if item["patient"] in kept]
-    path = work_dir / "datalists" / f"{datalist.path.stem}_{count}patients.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(raw, indent=1))
-    return load_datalist(path)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -19,6 +19,8 @@ from common import REPO
 CONFIGS = REPO / "bundle" / "configs"
 #: the bundle's default weight of the cross-entropy term (0 is the paper's Dice alone), read, not repeated
 BUNDLE_LAMBDA_CE = float(json.loads((CONFIGS / "train.json").read_text())["lambda_ce"])
+#: the evaluation's own default for automatic masks (``prompt_free_refine``), read, not repeated
+EVAL_REFINE = float(json.loads((CONFIGS / "evaluate.json").read_text())["eval_prompt_free_refine"])
 
 
 @dataclass(frozen=True)
